@@ -1,0 +1,41 @@
+"""A threaded HTTP file server on 127.0.0.1 for tests and benchmarks (img2dataset's input mode).
+
+Paths under `/slow/` answer after `slow_s` seconds, to exercise client time-outs; a missing file
+is a 404.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+from contextlib import contextmanager
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    slow_s = 0.0
+
+    def do_GET(self):
+        if self.path.startswith("/slow/"):
+            time.sleep(self.slow_s)
+            self.path = self.path[len("/slow"):]
+        return super().do_GET()
+
+    def log_message(self, *args):  # keep test and benchmark output clean
+        pass
+
+
+@contextmanager
+def serve_folder(folder: str, slow_s: float = 0.0):
+    """Yield the base URL of a server for `folder`; stopped on exit."""
+    handler = type("Handler", (_Handler,), {"slow_s": slow_s})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=folder))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

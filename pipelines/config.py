@@ -1,0 +1,111 @@
+"""Typed job configs: one dataclass maps onto CLI flags, a YAML file and `key=value` overrides.
+
+Every job and the trainer parse their configuration through `parse_config`, so an unknown key,
+a wrong type or a missing required value is one clear line before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Turn a YAML or command-line value into the field's declared type."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind, origin = options[0], typing.get_origin(options[0])
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return build_config(kind, value, prefix=f"{name}.")
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        item_kind = typing.get_args(kind)[0] if typing.get_args(kind) else str
+        items = [_coerce(name, item_kind, v.strip() if isinstance(v, str) else v) for v in items if v != ""]
+        return tuple(items) if origin is tuple else items
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind in (int, float, str):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build `cls` from a nested dict; unknown keys and missing required fields are errors."""
+    kinds = _field_types(cls)
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (valid: {', '.join(sorted(kinds))})")
+    kwargs = {k: _coerce(prefix + k, kinds[k], v) for k, v in values.items()}
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing required config value {prefix}{missing[0]}")
+    return cls(**kwargs)
+
+
+def _set_dotted(values: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        values = values.setdefault(p, {})
+    values[leaf] = value
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
+    """Parse `--config FILE.yaml`, `--flag value` for top-level fields and `key.sub=value` overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file with any of the fields below")
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help", "")
+        if not dataclasses.is_dataclass(_field_types(cls)[f.name]):
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_text)
+    parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        with open(args.config) as fh:
+            values = yaml.safe_load(fh) or {}
+    for f in dataclasses.fields(cls):
+        flag = getattr(args, f.name, None)
+        if flag is not None:
+            values[f.name] = flag
+    for item in args.overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(values, key, yaml.safe_load(value) if value else "")
+    return build_config(cls, values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

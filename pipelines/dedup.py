@@ -1,0 +1,41 @@
+"""Keeping one copy of each distinct image across a whole shard job, resumable.
+
+A single Ray actor remembers the first key that claimed each content hash. At start it is seeded
+from the ledgers of already committed shards, so a rerun keeps the copies it kept before.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from pipelines.storage import filesystem, join
+
+
+@ray.remote(num_cpus=0)
+class FirstSeen:
+    def __init__(self, seed: dict[str, str]):
+        self._first = seed
+
+    def claim(self, sha256: str, key: str) -> str:
+        """The key that owns this content: `key` itself if it is the first to ask."""
+        return self._first.setdefault(sha256, key)
+
+
+def committed_hashes(output: str, names: list[str]) -> dict[str, str]:
+    fs, root = filesystem(output)
+    seed: dict[str, str] = {}
+    for name in names:
+        table = pq.read_table(io.BytesIO(fs.cat_file(join(root, f"{name}.parquet"))), columns=["key", "status", "sha256"])
+        kept = table.filter(pc.equal(table["status"], "success"))
+        seed.update(zip(kept["sha256"].to_pylist(), kept["key"].to_pylist()))
+    return seed
+
+
+def start_dedup(output: str, committed_names: list[str]):
+    """A callable `claim(sha256, key) -> owner key` usable from any Ray task."""
+    actor = FirstSeen.remote(committed_hashes(output, committed_names))
+    return lambda sha256, key: ray.get(actor.claim.remote(sha256, key))

@@ -1,0 +1,133 @@
+"""Raw images (folders, object storage, URL lists) to WebDataset tar shards, as a Ray Data job.
+
+    python pipelines/shard.py --input data/raw --output data/shards
+    python pipelines/shard.py --input s3://bucket/urls.parquet --output s3://bucket/shards --dedup true
+    ray job submit --working-dir . -- python pipelines/shard.py --input ... --output ...
+
+Output (img2dataset's layout): `00000.tar` (KEY.jpg, KEY.json, KEY.txt), `00000.parquet` (one
+ledger row per input, failures included), `00000_stats.json` (written last: the shard is
+complete), `manifest.json`. A rerun skips complete shards and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import ray
+from tqdm import tqdm
+
+from pipelines.config import ConfigError, parse_config
+from pipelines.dedup import start_dedup
+from pipelines.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
+from pipelines.manifest import write_manifest
+from pipelines.ray_utils import cluster_cpus, init_ray
+from pipelines.shard_plan import make_plan
+from pipelines.shard_worker import WorkerSpec, process_shard
+from pipelines.shard_writer import is_committed
+from pipelines.sources import IMAGE_EXTENSIONS, SourceSpec
+
+log = logging.getLogger("shard")
+
+
+@dataclass
+class ShardConfig:
+    input: str = field(metadata={"help": "folder, fsspec prefix (s3://...), or URL list (.txt/.csv/.parquet)"})
+    output: str = field(metadata={"help": "local folder or fsspec prefix for the shards"})
+    url_col: str = "url"
+    caption_col: str = "caption"
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    samples_per_shard: int = 10_000
+    image_size: int = 256
+    resize_mode: str = field(default="keep_ratio", metadata={"help": "/".join(RESIZE_MODES)})
+    resize_only_if_bigger: bool = False
+    output_format: str = field(default="jpg", metadata={"help": "/".join(OUTPUT_FORMATS)})
+    encode_quality: int = 95
+    min_image_size: int = 0
+    max_aspect_ratio: float = float("inf")
+    max_image_pixels: int = 89_478_485
+    dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
+    thread_count: int = field(default=16, metadata={"help": "fetch/decode threads per shard task"})
+    timeout_s: float = 10.0
+    retries: int = 2
+    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
+
+    def __post_init__(self):
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"output_format must be one of {tuple(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        for name in ("samples_per_shard", "image_size", "thread_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.encode_quality <= 100:
+            raise ConfigError(f"encode_quality must be in 1..100, got {self.encode_quality}")
+        if self.max_aspect_ratio < 1:
+            raise ConfigError(f"max_aspect_ratio must be at least 1, got {self.max_aspect_ratio}")
+        self.extensions = tuple(e if e.startswith(".") else "." + e for e in (x.lower() for x in self.extensions))
+
+    def worker_spec(self, key_digits: int) -> WorkerSpec:
+        resize = ResizeSpec(self.image_size, self.resize_mode, self.resize_only_if_bigger, self.output_format,
+                            self.encode_quality, self.min_image_size, self.max_aspect_ratio, self.max_image_pixels)
+        return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.timeout_s, self.retries)
+
+
+def summarize(results: list[dict], manifest: dict, seconds: float) -> str:
+    status = Counter(r["status"] for r in results)
+    failures: Counter = Counter()
+    for r in results:
+        failures.update(r.get("failures", {}))
+    processed = sum(r["num_inputs"] for r in results if r["status"] == "written")
+    lines = [
+        f"shards: {status['written']} written, {status['skipped']} already complete, {status['failed']} failed",
+        f"samples in dataset: {manifest['num_samples']} in {manifest['num_shards']} shards"
+        + ("" if manifest["complete"] else " (INCOMPLETE: rerun to finish)"),
+        f"this run: {processed} inputs in {seconds:.1f} s ({processed / max(seconds, 1e-9):.1f} images/s)",
+    ]
+    lines += [f"  not written, {reason}: {n}" for reason, n in sorted(failures.items())]
+    lines += [f"  shard {r['shard']} FAILED: {r['error']}" for r in results if r["status"] == "failed"]
+    return "\n".join(lines)
+
+
+def run(cfg: ShardConfig) -> dict:
+    """Plan, write every pending shard in parallel, then the manifest; returns the manifest."""
+    init_ray(cfg.num_cpus or None)
+    source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions)
+    plan = make_plan(source, cfg.output, cfg.samples_per_shard)
+    spec = cfg.worker_spec(plan.key_digits)
+    done = [n for n in plan.names() if is_committed(cfg.output, n)]
+    pending = [n for n in plan.names() if n not in set(done)]
+    log.info("%d shards complete, %d to write", len(done), len(pending))
+    dedup = start_dedup(cfg.output, done) if cfg.dedup else None
+    started, results = time.time(), []
+    if pending:
+        shards = ray.data.from_items([{"name": n} for n in pending], override_num_blocks=len(pending))
+        written = shards.map(lambda row: process_shard(row["name"], spec, dedup), num_cpus=1,
+                             concurrency=min(len(pending), cluster_cpus()))
+        with tqdm(total=sum(plan.shard_size(n) for n in pending), desc="inputs", unit="img") as bar:
+            for stats in written.iter_rows():
+                results.append(stats)
+                bar.update(stats["num_inputs"])
+    manifest = write_manifest(cfg.output, plan.num_shards)
+    print(summarize(results, manifest, time.time() - started))
+    if any(r["status"] == "failed" for r in results):
+        manifest["failed"] = True
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = parse_config(ShardConfig, argv, description=__doc__.split("\n")[0])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    manifest = run(cfg)
+    return 1 if manifest.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Turning one planned shard into a committed output shard: fetch, check, resize, write.
+
+Runs inside a Ray Data task. Downloads and decodes run on a thread pool: fetching waits on the
+network, and OpenCV and Pillow release the GIL while they decode, resize and encode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from pipelines.images import ImageRejected, ResizeSpec, process_image
+from pipelines.shard_writer import ShardWriter, is_committed
+from pipelines.sources import FetchError, fetch
+from pipelines.storage import filesystem, join, read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    output: str
+    resize: ResizeSpec
+    key_digits: int  # digits of the in-shard index; the key is shard name + index
+    thread_count: int = 16
+    timeout_s: float = 10.0
+    retries: int = 2
+    shard_retries: int = 2
+
+
+def plan_path(output: str, name: str) -> str:
+    return join(output, "_plan", f"{name}.parquet")
+
+
+def _load_one(row: dict, spec: WorkerSpec, dedup) -> tuple[dict, object]:
+    """One input to (ledger row, EncodedImage or None); never raises for a bad input."""
+    record = {"location": row["location"], "caption": row["caption"]}
+    try:
+        data = fetch(row["location"], spec.timeout_s, spec.retries)
+        if row.get("caption_location"):
+            record["caption"] = fetch(row["caption_location"], spec.timeout_s, spec.retries).decode("utf-8", "replace").strip()
+        record["sha256"] = hashlib.sha256(data).hexdigest()
+        if dedup is not None:
+            first = dedup(record["sha256"], row["key"])
+            if first != row["key"]:
+                return {**record, "status": "duplicate", "duplicate_of": first}, None
+        image = process_image(data, spec.resize)
+    except (FetchError, ImageRejected) as e:
+        return {**record, "status": e.reason, "error": str(e)}, None
+    except Exception as e:  # an input must never fail its shard: record anything unforeseen
+        return {**record, "status": "error", "error": f"{type(e).__name__}: {e}"}, None
+    record.update(status="success", width=image.size[0], height=image.size[1],
+                  original_width=image.original_size[0], original_height=image.original_size[1])
+    return record, image
+
+
+def _write_shard(name: str, spec: WorkerSpec, dedup) -> dict:
+    fs, root = filesystem(spec.output)
+    rows = pq.read_table(io.BytesIO(fs.cat_file(plan_path(root, name)))).to_pylist()
+    for i, row in enumerate(rows):
+        row["key"] = f"{name}{i:0{spec.key_digits}d}"
+    started = time.time()
+    writer = ShardWriter(spec.output, name)
+    reasons: Counter = Counter()
+    try:
+        with ThreadPoolExecutor(spec.thread_count) as pool:
+            for row, (record, image) in zip(rows, pool.map(lambda r: _load_one(r, spec, dedup), rows)):
+                record["key"] = row["key"]
+                reasons[record["status"]] += 1
+                writer.add_ledger_row(record)
+                if image is not None:
+                    meta = {k: record[k] for k in ("key", "location", "sha256", "width", "height",
+                                                   "original_width", "original_height")}
+                    writer.add_sample(row["key"], image.data, image.extension, meta, record["caption"])
+        stats = {
+            "shard": name,
+            "num_inputs": len(rows),
+            "num_samples": reasons.pop("success", 0),
+            "failures": dict(sorted(reasons.items())),
+            "seconds": round(time.time() - started, 3),
+        }
+        writer.commit(stats)
+    except BaseException:
+        writer.abort()
+        raise
+    return stats
+
+
+def process_shard(name: str, spec: WorkerSpec, dedup=None) -> dict:
+    """Write shard `name` unless already committed; returns its stats with a `status` field."""
+    if is_committed(spec.output, name):
+        fs, root = filesystem(spec.output)
+        return {**read_json(fs, join(root, f"{name}_stats.json")), "status": "skipped"}
+    for attempt in range(spec.shard_retries + 1):
+        try:
+            return {**_write_shard(name, spec, dedup), "status": "written"}
+        except Exception as e:  # storage hiccups: the shard is redone whole, never half-published
+            log.warning("shard %s attempt %d failed: %s", name, attempt + 1, e)
+            error = f"{type(e).__name__}: {e}"
+    return {"shard": name, "status": "failed", "error": error, "num_inputs": 0, "num_samples": 0, "failures": {}}

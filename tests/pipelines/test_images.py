@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.images import ImageRejected, ResizeSpec, decode_rgb, process_image
+from tests.bad_images import _photo, _save, awkward_files
+
+
+@pytest.mark.parametrize("name,data,status,size", awkward_files(), ids=lambda v: v if isinstance(v, str) else "")
+def test_awkward_file_gets_its_status(name, data, status, size):
+    spec = ResizeSpec(image_size=32, min_image_size=16)
+    if status == "success":
+        out = process_image(data, spec)
+        assert out.size == size
+        decoded = np.asarray(Image.open(__import__("io").BytesIO(out.data)))
+        assert decoded.shape == (size[1], size[0], 3)
+    else:
+        with pytest.raises(ImageRejected) as err:
+            process_image(data, spec)
+        assert err.value.reason == status
+
+
+def test_exif_rotation_is_applied_before_resizing():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = Image.new("RGB", (64, 48), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 32, 48))  # left half white
+    rgb = decode_rgb(_save(img, "PNG", exif=exif), 10**8)
+    # rotated 90 degrees clockwise: the white left half becomes the top half
+    assert rgb.shape == (64, 48, 3)
+    assert rgb[:28].mean() > 200 and rgb[36:].mean() < 50
+
+
+def test_alpha_is_composited_on_white():
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    rgb = decode_rgb(_save(img, "PNG"), 10**8)
+    assert rgb.min() == 255
+
+
+def test_sixteen_bit_range_is_scaled_to_eight_bits():
+    arr = np.full((20, 20), 65535, np.uint16)
+    arr[:10] = 0
+    rgb = decode_rgb(_save(Image.fromarray(arr), "PNG"), 10**8)
+    assert rgb[:10].max() == 0 and rgb[10:].min() == 255
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("none", (64, 48)), ("keep_ratio", (43, 32)), ("center_crop", (32, 32)), ("border", (32, 32)),
+])
+def test_resize_modes(mode, expected):
+    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, resize_mode=mode, output_format="png"))
+    assert out.size == expected
+    img = np.asarray(Image.open(__import__("io").BytesIO(out.data)))
+    if mode == "border":  # 32x24 picture centred on black bars of 4 rows each
+        assert img[:4].max() == 0 and img[-4:].max() == 0 and img[4:28].mean() > 20
+
+
+def test_resize_only_if_bigger_keeps_small_images():
+    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=100, resize_only_if_bigger=True))
+    assert out.size == (64, 48)
+
+
+def test_aspect_ratio_filter():
+    with pytest.raises(ImageRejected) as err:
+        process_image(_save(_photo(160, 16), "PNG"), ResizeSpec(image_size=16, max_aspect_ratio=4))
+    assert err.value.reason == "bad_aspect_ratio"
+
+
+@pytest.mark.parametrize("fmt,magic", [("jpg", b"\xff\xd8"), ("png", b"\x89PNG"), ("webp", b"RIFF")])
+def test_output_formats(fmt, magic):
+    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, output_format=fmt))
+    assert out.data.startswith(magic) and out.extension == fmt

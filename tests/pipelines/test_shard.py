@@ -1,0 +1,189 @@
+"""The shard job on real Ray, real tar files, a loopback S3 endpoint and a loopback HTTP server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from bench.loopback_http import serve_folder
+from pipelines.manifest import read_manifest
+from pipelines.shard import main as shard_main
+from pipelines.synth import write_corpus
+from tests.bad_images import awkward_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ledger(output: str, fs=None) -> list[dict]:
+    import fsspec
+
+    fs = fs or fsspec.filesystem("file")
+    rows = []
+    for path in sorted(p for p in fs.ls(output, detail=False) if p.endswith(".parquet")):
+        rows += pq.read_table(io.BytesIO(fs.cat_file(path))).to_pylist()
+    return rows
+
+
+def tar_members(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return tar.getnames()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(str(root), num_train=24, num_val=0, size=64)
+    for name, data, _, _ in awkward_files():
+        (root / "train" / name).write_bytes(data)
+    return root / "train"
+
+
+def test_local_folder_to_shards(ray_local, corpus, tmp_path):
+    out = tmp_path / "shards"
+    assert shard_main(["--input", str(corpus), "--output", str(out), "--samples-per-shard", "10",
+                       "--image-size", "32", "min_image_size=16"]) == 0
+    rows = ledger(str(out))
+    expected = {name: status for name, _, status, _ in awkward_files()}
+    assert len(rows) == 24 + len(expected)
+    by_name = {Path(r["location"]).name: r for r in rows}
+    for name, status in expected.items():
+        assert by_name[name]["status"] == status, name
+    assert [r["key"] for r in rows] == [f"{s:05d}{i}" for s in range(4) for i in range(10)][: len(rows)]
+    manifest = read_manifest(str(out))
+    ok = [r for r in rows if r["status"] == "success"]
+    assert manifest["complete"] and manifest["num_samples"] == len(ok) == 24 + 10
+    assert [s["name"] for s in manifest["shards"]] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+    stats = json.loads((out / "00000_stats.json").read_text())
+    assert stats["num_inputs"] == 10 and sum(stats["failures"].values()) + stats["num_samples"] == 10
+
+    # webdataset reads the shards back with the caption of the original .txt beside each image
+    import webdataset as wds
+
+    tars = sorted(str(p) for p in out.glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode("rgb"))
+    assert len(samples) == len(ok)
+    captioned = [s for s in samples if "txt" in s]
+    assert len(captioned) == 24 and all(s["txt"].startswith("a photo of") for s in captioned)
+    first = next(s for s in samples if s["__key__"] == "000000")
+    assert first["jpg"].shape == (32, 32, 3) and first["json"]["original_width"] == 64
+    assert first["json"]["location"].endswith("000000.jpg")
+
+    # ... and so does Ray Data
+    records = ray_local.data.read_webdataset(str(out)).take_all()
+    assert sorted(r["__key__"] for r in records) == sorted(s["__key__"] for s in samples)
+
+    # a second run changes nothing and says every shard was already complete
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    assert shard_main(["--input", str(corpus), "--output", str(out), "--samples-per-shard", "10",
+                       "--image-size", "32", "min_image_size=16"]) == 0
+    assert before == {p.name: p.read_bytes() for p in out.glob("*.tar")}
+
+
+def test_resume_refuses_a_different_plan(ray_local, corpus, tmp_path):
+    out = str(tmp_path / "shards")
+    assert shard_main(["--input", str(corpus), "--output", out, "--samples-per-shard", "20"]) == 0
+    with pytest.raises(ValueError, match="samples_per_shard=20"):
+        shard_main(["--input", str(corpus), "--output", out, "--samples-per-shard", "10"])
+
+
+def test_s3_input_and_output(ray_local, corpus, s3_bucket, s3_endpoint):
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    for p in sorted(corpus.iterdir())[:12]:
+        fs.pipe_file(f"{s3_bucket}/raw/{p.name}", p.read_bytes())
+    fs.invalidate_cache()
+    out = f"{s3_bucket}/shards"
+    assert shard_main(["--input", f"{s3_bucket}/raw", "--output", out, "--samples-per-shard", "4",
+                       "--image-size", "32"]) == 0
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(out))
+    assert "00000.tar" in names and "00000_stats.json" in names and "manifest.json" in names
+    manifest = json.loads(fs.cat_file(f"{out}/manifest.json"))
+    rows = ledger(out, fs)
+    assert len(rows) == 12 and all(r["location"].startswith("s3://") for r in rows)
+    assert manifest["num_samples"] == sum(r["status"] == "success" for r in rows)
+    members = tar_members(fs.cat_file(f"{out}/00000.tar"))
+    assert any(m.endswith(".txt") for m in members) and any(m.endswith(".jpg") for m in members)
+    ds = ray_local.data.read_webdataset(f"{out}/", filesystem=_arrow_fs(fs))
+    assert ds.count() == manifest["num_samples"]
+
+
+def _arrow_fs(fs):
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+def test_url_list_with_404s_and_a_slow_server(ray_local, corpus, tmp_path):
+    images = sorted(p.name for p in corpus.iterdir() if p.name.endswith(".jpg") and p.name[0] == "0")[:6]
+    with serve_folder(str(corpus), slow_s=3.0) as base:
+        urls = [f"{base}/{n}" for n in images] + [f"{base}/missing.jpg", f"{base}/slow/{images[0]}"]
+        url_list = tmp_path / "urls.csv"
+        url_list.write_text("url,caption\n" + "".join(f"{u},caption {i}\n" for i, u in enumerate(urls)))
+        out = tmp_path / "shards"
+        assert shard_main(["--input", str(url_list), "--output", str(out), "--timeout-s", "0.5",
+                           "--retries", "1", "--image-size", "32"]) == 0
+    rows = ledger(str(out))
+    assert [r["status"] for r in rows] == ["success"] * 6 + ["http_404", "timeout"]
+    assert rows[2]["caption"] == "caption 2"
+    members = tar_members((out / "00000.tar").read_bytes())
+    assert "000000002.txt" in members and len([m for m in members if m.endswith(".jpg")]) == 6
+
+
+def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    photo = awkward_files()[0][1]
+    for i in range(6):
+        (raw / f"{i}.jpg").write_bytes(photo if i % 2 == 0 else photo + bytes([i]))
+    out = tmp_path / "shards"
+    assert shard_main(["--input", str(raw), "--output", str(out), "--samples-per-shard", "2", "--dedup", "true"]) == 0
+    rows = ledger(str(out))
+    kept = [r for r in rows if r["status"] == "success"]
+    dupes = [r for r in rows if r["status"] == "duplicate"]
+    # 0, 2 and 4 are the same bytes; 1, 3 and 5 each differ by one trailing byte
+    assert len(kept) == 4 and len(dupes) == 2
+    owner = {r["key"] for r in kept if r["sha256"] == dupes[0]["sha256"]}
+    assert {d["duplicate_of"] for d in dupes} == owner
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
+    raw = tmp_path / "raw"
+    write_corpus(str(tmp_path), num_train=120, num_val=0, size=64)
+    raw = tmp_path / "train"
+    out = tmp_path / "shards"
+    cmd = [sys.executable, str(REPO / "pipelines" / "shard.py"), "--input", str(raw), "--output", str(out),
+           "--samples-per-shard", "5", "--num-cpus", "2", "--thread-count", "1"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*_stats.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list(out.glob("*_stats.json")))
+    assert 3 <= committed < 24, "the kill should land mid-job"
+    (out / "00023.tar").write_bytes(b"half a tar")  # a partial shard from the killed run
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{committed} already complete" in rerun.stdout
+    rows = ledger(str(out))
+    locations = [r["location"] for r in rows]
+    assert len(locations) == len(set(locations)) == 120
+    keys = []
+    for tar in sorted(out.glob("*.tar")):
+        keys += [m.split(".")[0] for m in tar_members(tar.read_bytes()) if m.endswith(".jpg")]
+    assert len(keys) == len(set(keys)) == 120
+    assert read_manifest(str(out))["complete"]
