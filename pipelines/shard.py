@@ -75,14 +75,15 @@ class ShardConfig:
         return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.timeout_s, self.retries)
 
 
-def summarize(results: list[dict], manifest: dict, seconds: float) -> str:
+def summarize(results: list[dict], num_already_done: int, manifest: dict, seconds: float) -> str:
     status = Counter(r["status"] for r in results)
     failures: Counter = Counter()
     for r in results:
         failures.update(r.get("failures", {}))
     processed = sum(r["num_inputs"] for r in results if r["status"] == "written")
     lines = [
-        f"shards: {status['written']} written, {status['skipped']} already complete, {status['failed']} failed",
+        f"shards: {status['written']} written, {num_already_done + status['skipped']} already complete, "
+        f"{status['failed']} failed",
         f"samples in dataset: {manifest['num_samples']} in {manifest['num_shards']} shards"
         + ("" if manifest["complete"] else " (INCOMPLETE: rerun to finish)"),
         f"this run: {processed} inputs in {seconds:.1f} s ({processed / max(seconds, 1e-9):.1f} images/s)",
@@ -112,7 +113,7 @@ def run(cfg: ShardConfig) -> dict:
                 results.append(stats)
                 bar.update(stats["num_inputs"])
     manifest = write_manifest(cfg.output, plan.num_shards)
-    print(summarize(results, manifest, time.time() - started))
+    print(summarize(results, len(done), manifest, time.time() - started))
     if any(r["status"] == "failed" for r in results):
         manifest["failed"] = True
     return manifest

@@ -80,7 +80,7 @@ def test_local_folder_to_shards(ray_local, corpus, tmp_path):
     assert first["json"]["location"].endswith("000000.jpg")
 
     # ... and so does Ray Data
-    records = ray_local.data.read_webdataset(str(out)).take_all()
+    records = ray_local.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
     assert sorted(r["__key__"] for r in records) == sorted(s["__key__"] for s in samples)
 
     # a second run changes nothing and says every shard was already complete
@@ -99,7 +99,7 @@ def test_resume_refuses_a_different_plan(ray_local, corpus, tmp_path):
 
 def test_s3_input_and_output(ray_local, corpus, s3_bucket, s3_endpoint):
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    for p in sorted(corpus.iterdir())[:12]:
+    for p in sorted(corpus.iterdir())[:24]:  # 12 images and their captions
         fs.pipe_file(f"{s3_bucket}/raw/{p.name}", p.read_bytes())
     fs.invalidate_cache()
     out = f"{s3_bucket}/shards"
@@ -114,7 +114,7 @@ def test_s3_input_and_output(ray_local, corpus, s3_bucket, s3_endpoint):
     assert manifest["num_samples"] == sum(r["status"] == "success" for r in rows)
     members = tar_members(fs.cat_file(f"{out}/00000.tar"))
     assert any(m.endswith(".txt") for m in members) and any(m.endswith(".jpg") for m in members)
-    ds = ray_local.data.read_webdataset(f"{out}/", filesystem=_arrow_fs(fs))
+    ds = ray_local.data.read_webdataset(f"{out}/", filesystem=_arrow_fs(fs), file_extensions=["tar"])
     assert ds.count() == manifest["num_samples"]
 
 
