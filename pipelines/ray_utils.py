@@ -14,6 +14,8 @@ def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster in `RAY_ADDRESS` (as under `ray job submit`) or start a local one."""
     if ray.is_initialized():
         return
+    # Ray's usage statistics go to a remote server; opt in explicitly if you want them sent.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:

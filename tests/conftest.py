@@ -12,6 +12,9 @@ import uuid
 
 import pytest
 
+# Ray reports usage to a remote server by default; tests never send traffic beyond loopback.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
 
 def free_port() -> int:
     with socket.socket() as s:
