@@ -87,8 +87,12 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     parser.add_argument("--config", help="YAML file with any of the fields below")
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
-        if not dataclasses.is_dataclass(_field_types(cls)[f.name]):
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_text)
+        kind = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            continue
+        # a bare `--flag` means true for booleans; `--flag false` still works
+        extra = {"nargs": "?", "const": "true"} if kind is bool else {}
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_text, **extra)
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
     values: dict[str, Any] = {}

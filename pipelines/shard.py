@@ -107,7 +107,7 @@ def run(cfg: ShardConfig) -> dict:
     if pending:
         shards = ray.data.from_items([{"name": n} for n in pending], override_num_blocks=len(pending))
         written = shards.map(lambda row: process_shard(row["name"], spec, dedup), num_cpus=1,
-                             concurrency=min(len(pending), cluster_cpus()))
+                             compute=ray.data.TaskPoolStrategy(size=min(len(pending), cluster_cpus())))
         with tqdm(total=sum(plan.shard_size(n) for n in pending), desc="inputs", unit="img") as bar:
             for stats in written.iter_rows():
                 results.append(stats)

@@ -11,6 +11,8 @@ def test_flags_yaml_and_overrides_map_onto_one_dataclass(tmp_path):
                                      "extensions=jpg,PNG"])
     assert (cfg.input, cfg.output, cfg.image_size, cfg.encode_quality, cfg.dedup) == ("a", "b", 128, 80, True)
     assert cfg.extensions == (".jpg", ".png")
+    assert parse_config(ShardConfig, ["--input", "a", "--output", "b", "--dedup"]).dedup is True
+    assert parse_config(ShardConfig, ["--input", "a", "--output", "b", "--dedup", "false"]).dedup is False
 
 
 @pytest.mark.parametrize("argv,message", [
