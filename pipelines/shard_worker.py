@@ -84,6 +84,8 @@ def _write_shard(name: str, spec: WorkerSpec, dedup) -> dict:
             "num_inputs": len(rows),
             "num_samples": reasons.pop("success", 0),
             "failures": dict(sorted(reasons.items())),
+            "start_time": started,
+            "end_time": time.time(),
             "seconds": round(time.time() - started, 3),
         }
         writer.commit(stats)

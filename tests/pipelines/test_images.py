@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import ImageRejected, ResizeSpec, decode_rgb, process_image
+from pipelines.images import ImageRejected, ResizeSpec, decode_bgr, process_image
 from tests.bad_images import _photo, _save, awkward_files
 
 
@@ -25,7 +25,7 @@ def test_exif_rotation_is_applied_before_resizing():
     exif[0x0112] = 6
     img = Image.new("RGB", (64, 48), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 32, 48))  # left half white
-    rgb = decode_rgb(_save(img, "PNG", exif=exif), 10**8)
+    rgb = decode_bgr(_save(img, "PNG", exif=exif), 10**8)
     # rotated 90 degrees clockwise: the white left half becomes the top half
     assert rgb.shape == (64, 48, 3)
     assert rgb[:28].mean() > 200 and rgb[36:].mean() < 50
@@ -33,14 +33,14 @@ def test_exif_rotation_is_applied_before_resizing():
 
 def test_alpha_is_composited_on_white():
     img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    rgb = decode_rgb(_save(img, "PNG"), 10**8)
+    rgb = decode_bgr(_save(img, "PNG"), 10**8)
     assert rgb.min() == 255
 
 
 def test_sixteen_bit_range_is_scaled_to_eight_bits():
     arr = np.full((20, 20), 65535, np.uint16)
     arr[:10] = 0
-    rgb = decode_rgb(_save(Image.fromarray(arr), "PNG"), 10**8)
+    rgb = decode_bgr(_save(Image.fromarray(arr), "PNG"), 10**8)
     assert rgb[:10].max() == 0 and rgb[10:].min() == 255
 
 
@@ -70,3 +70,11 @@ def test_aspect_ratio_filter():
 def test_output_formats(fmt, magic):
     out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, output_format=fmt))
     assert out.data.startswith(magic) and out.extension == fmt
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])  # the OpenCV path and the Pillow path
+def test_colours_survive_the_round_trip(fmt):
+    img = Image.new("RGB", (64, 48), (220, 30, 10))
+    out = process_image(_save(img, fmt), ResizeSpec(image_size=32, output_format="png"))
+    r, g, b = np.asarray(Image.open(__import__("io").BytesIO(out.data))).reshape(-1, 3).mean(0)
+    assert r > 200 and g < 50 and b < 30
