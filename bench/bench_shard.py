@@ -1,6 +1,6 @@
 """Shard job against img2dataset on the same photos, served over loopback HTTP, on the same cores.
 
-    .venv/bin/python bench/bench_shard.py --i2d-python /path/to/img2dataset-venv/bin/python \
+    .venv/bin/python bench/bench_shard.py --i2d-bin /path/to/img2dataset-venv/bin/img2dataset \
         --num-images 10000 --out bench/out/shard.json
 
 Both tools read a parquet of URLs from a threaded HTTP server (run in its own process), write
@@ -91,13 +91,14 @@ def bench_ours(urls: Path, out: Path, per_shard: int, cores: int) -> dict:
     return {"wall_s": wall, "steady_images_per_s": rate, "written": count}
 
 
-def bench_img2dataset(python: str, urls: Path, out: Path, per_shard: int, cores: int) -> dict:
-    cmd = [python, "-m", "img2dataset", "--url_list", str(urls), "--input_format", "parquet",
+def bench_img2dataset(binary: str, urls: Path, out: Path, per_shard: int, cores: int) -> dict:
+    cmd = [binary, "--url_list", str(urls), "--input_format", "parquet",
            "--url_col", "url", "--output_format", "webdataset", "--output_folder", str(out),
            "--image_size", str(SIZE), "--resize_mode", "keep_ratio", "--encode_quality", str(QUALITY),
            "--processes_count", str(cores), "--thread_count", "16", "--number_sample_per_shard",
            str(per_shard), "--distributor", "multiprocessing", "--enable_wandb", "False"]
-    wall = run_timed(cmd)
+    # albumentations (an img2dataset dependency) checks for updates online unless told not to
+    wall = run_timed(cmd, {"NO_ALBUMENTATIONS_UPDATE": "1"})
     rate, count = steady_rate(glob.glob(f"{out}/*_stats.json"), "successes")
     return {"wall_s": wall, "steady_images_per_s": rate, "written": count}
 
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--samples-per-shard", type=int, default=1_000)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--cache-dir", default=str(REPO / "bench" / "out" / "photos"))
-    parser.add_argument("--i2d-python", help="python of a venv with img2dataset; omit to skip it")
+    parser.add_argument("--i2d-bin", help="the img2dataset command of a venv that has it; omit to skip it")
     parser.add_argument("--floor-images", type=int, default=600)
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "shard.json"))
     args = parser.parse_args()
@@ -154,8 +155,8 @@ def main() -> None:
         pq.write_table(pa.table({"url": [f"{base}/{p.name}" for p in files]}), urls)
         results = {"num_images": args.num_images, "cores": args.cores,
                    "mean_jpeg_kb": float(np.mean([p.stat().st_size for p in files[:500]]) / 1024)}
-        if args.i2d_python:
-            results["img2dataset"] = bench_img2dataset(args.i2d_python, urls, work / "i2d", args.samples_per_shard, args.cores)
+        if args.i2d_bin:
+            results["img2dataset"] = bench_img2dataset(args.i2d_bin, urls, work / "i2d", args.samples_per_shard, args.cores)
         results["shard_job"] = bench_ours(urls, work / "ours", args.samples_per_shard, args.cores)
     finally:
         server.kill()

@@ -25,7 +25,7 @@ def test_exif_rotation_is_applied_before_resizing():
     exif[0x0112] = 6
     img = Image.new("RGB", (64, 48), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 32, 48))  # left half white
-    rgb = decode_bgr(_save(img, "PNG", exif=exif), 10**8)
+    rgb = decode_bgr(_save(img, "PNG", exif=exif), ResizeSpec(resize_mode="none"))[0]
     # rotated 90 degrees clockwise: the white left half becomes the top half
     assert rgb.shape == (64, 48, 3)
     assert rgb[:28].mean() > 200 and rgb[36:].mean() < 50
@@ -33,14 +33,14 @@ def test_exif_rotation_is_applied_before_resizing():
 
 def test_alpha_is_composited_on_white():
     img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    rgb = decode_bgr(_save(img, "PNG"), 10**8)
+    rgb = decode_bgr(_save(img, "PNG"), ResizeSpec(resize_mode="none"))[0]
     assert rgb.min() == 255
 
 
 def test_sixteen_bit_range_is_scaled_to_eight_bits():
     arr = np.full((20, 20), 65535, np.uint16)
     arr[:10] = 0
-    rgb = decode_bgr(_save(Image.fromarray(arr), "PNG"), 10**8)
+    rgb = decode_bgr(_save(Image.fromarray(arr), "PNG"), ResizeSpec(resize_mode="none"))[0]
     assert rgb[:10].max() == 0 and rgb[10:].min() == 255
 
 
@@ -78,3 +78,18 @@ def test_colours_survive_the_round_trip(fmt):
     out = process_image(_save(img, fmt), ResizeSpec(image_size=32, output_format="png"))
     r, g, b = np.asarray(Image.open(__import__("io").BytesIO(out.data))).reshape(-1, 3).mean(0)
     assert r > 200 and g < 50 and b < 30
+
+
+def test_jpeg_decoded_at_reduced_size_matches_a_full_decode_then_resize():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
+    data = _save(img, "JPEG", quality=95)
+    reduced, original = decode_bgr(data, ResizeSpec(image_size=256))
+    assert original == (640, 480) and reduced.shape == (300, 400, 3)  # libjpeg-turbo's 5/8 scale
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    expected = cv2.resize(full, (400, 300), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(float) - expected).mean() < 3
+    out = process_image(data, ResizeSpec(image_size=256))
+    assert out.original_size == (640, 480) and out.size == (341, 256)
