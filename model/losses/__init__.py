@@ -1,0 +1,1 @@
+"""The method's three losses, one per module."""

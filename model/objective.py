@@ -1,0 +1,67 @@
+"""The training objective: the three losses of CLIP-S4 on a batch of view pairs, weighted by a config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from model.losses.contrastive import pixel_segment_loss
+from model.losses.embedding import DISTANCES, embedding_consistency
+from model.losses.semantic import semantic_consistency
+from model.network import ModelOutput
+from model.segmenter import SegmenterConfig, segment
+
+
+@dataclass
+class LossConfig:
+    """Weights of the three terms; a weight of 0 switches a term off (each ablation is one flag)."""
+
+    contrastive_weight: float = 1.0
+    embedding_weight: float = 1.0
+    semantic_weight: float = 1.0
+    concentration: float = 16.0  # kappa of the pixel-segment loss (HSG)
+    exclude_own_segment: bool = True
+    embedding_distance: str = "cosine"  # a key of model.losses.embedding.DISTANCES
+    student_temperature: float = 0.03
+    teacher_temperature: float = 0.03
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+    def __post_init__(self):
+        if self.embedding_distance not in DISTANCES:
+            raise ValueError(f"embedding_distance {self.embedding_distance!r} unknown (choose from {', '.join(DISTANCES)})")
+        if min(self.contrastive_weight, self.embedding_weight, self.semantic_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if min(self.concentration, self.student_temperature, self.teacher_temperature) <= 0:
+            raise ValueError("concentration and temperatures must be > 0")
+
+
+def regions_on_grid(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Superpixel ids [B, H, W] at the image's resolution -> [B, h, w] at the embedding grid (nearest)."""
+    return F.interpolate(regions[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Tensor, source: torch.Tensor,
+                   targets: torch.Tensor | None, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Weighted terms and their sum ("total") for one batch of views.
+
+    out: the network on all views [V, ...]; regions: [V, H, W] superpixels of each view;
+    clip_dense: [V, Dc, h, w] CLIP features aligned to each view on the student grid;
+    source: [V] source image per view; targets: [C, Dc] text + unknown prototypes (None: no semantic term).
+    """
+    h, w = out.embeddings.shape[-2:]
+    if clip_dense.shape[-2:] != (h, w):
+        clip_dense = F.interpolate(clip_dense.float(), size=(h, w), mode="bilinear", align_corners=False)
+    terms: dict[str, torch.Tensor] = {}
+    if cfg.contrastive_weight:
+        segments = segment(out.embeddings, regions_on_grid(regions, (h, w)), cfg.segmenter, source)
+        terms["contrastive"] = pixel_segment_loss(out.embeddings, segments, cfg.concentration, cfg.exclude_own_segment)
+    if cfg.embedding_weight:
+        terms["embedding"] = embedding_consistency(out.clip, clip_dense, cfg.embedding_distance)
+    if cfg.semantic_weight and targets is not None and targets.numel():
+        terms["semantic"] = semantic_consistency(out.clip, clip_dense, targets, cfg.student_temperature,
+                                                 cfg.teacher_temperature)
+    weights = {"contrastive": cfg.contrastive_weight, "embedding": cfg.embedding_weight, "semantic": cfg.semantic_weight}
+    total = sum((weights[k] * v for k, v in terms.items()), out.embeddings.new_zeros(()))
+    return {"total": total, **terms}

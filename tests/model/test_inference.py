@@ -1,0 +1,65 @@
+"""Inference: tiled dense outputs, text-driven, clustered and class-free labels."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.inference import (classfree_labels, classfree_names, cluster_labels, dense_outputs, fit_clusters,
+                             language_labels)
+from model.network import ModelOutput, NetworkConfig, build_network
+
+
+class Pointwise(nn.Module):
+    """A backbone with no spatial context: tiles must reproduce the whole-image output exactly."""
+
+    out_channels = 8
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(3, 8, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def pointwise_net():
+    net = build_network(NetworkConfig(backbone="small", output_stride=4, embedding_dim=6, clip_dim=5))
+    net.backbone = Pointwise()
+    net.embed = nn.Conv2d(8, 6, 1)
+    return net.eval()
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_network():
+    net = pointwise_net()
+    images = torch.rand(2, 3, 70, 90)  # not multiples of the window, nor of the stride
+    whole = dense_outputs(net, images)
+    tiled = dense_outputs(net, images, window=32, overlap=0.5)
+    assert whole.embeddings.shape == tiled.embeddings.shape == (2, 6, 18, 23)
+    assert torch.allclose(whole.embeddings, tiled.embeddings, atol=1e-5)
+    assert torch.allclose(whole.clip, tiled.clip, atol=1e-5)
+
+
+def test_language_and_classfree_labels_pick_the_nearest_prototype():
+    clip = torch.zeros(1, 3, 2, 2)
+    clip[0, 0, 0] = 1  # top row along e0
+    clip[0, 2, 1] = 1  # bottom row along e2
+    out = ModelOutput(embeddings=F.normalize(clip, dim=1), clip=clip)
+    text = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.1, 0.0]])
+    labels = language_labels(out, text, (4, 4))
+    assert labels.shape == (1, 4, 4) and (labels[0, 0] == 1).all()
+    unknown = torch.tensor([[0.0, 0.0, 1.0]])
+    labels = classfree_labels(out, text, unknown, (2, 2))
+    assert labels.tolist() == [[[1, 1], [2, 2]]]
+    assert classfree_names(["sky", "cat"], 2) == ["sky", "cat", "unknown-0", "unknown-1"]
+
+
+def test_fit_clusters_recovers_planted_centres_and_labels_pixels():
+    g = torch.Generator().manual_seed(0)
+    directions = torch.eye(6)[:3]
+    truth = torch.randint(3, (600,), generator=g)
+    x = F.normalize(directions[truth] + 0.2 * torch.randn(600, 6, generator=g), dim=-1)
+    centres = fit_clusters(x, 3, num_restarts=3)
+    assert torch.allclose((centres @ directions.T).max(0).values, torch.ones(3), atol=0.05)
+    out = ModelOutput(embeddings=directions.T.reshape(1, 6, 1, 3), clip=torch.zeros(1, 1, 1, 3))
+    labels = cluster_labels(out, centres, (1, 3))[0, 0]
+    assert sorted(labels.tolist()) == [0, 1, 2]

@@ -1,0 +1,68 @@
+"""Each loss on a tiny case with a hand-computed value, and the contrastive loss's preference for agreement."""
+
+import math
+
+import torch
+
+from model.losses.contrastive import pixel_segment_loss
+from model.losses.embedding import embedding_consistency
+from model.losses.semantic import semantic_consistency
+from model.segmenter import SegmenterConfig, Segments, segment
+
+
+def three_pixels():
+    """p0, p1 along e0 in region 0 (one segment each); p2 along e1 alone in region 1."""
+    emb = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).view(1, 2, 1, 3)
+    seg = Segments(labels=torch.tensor([[[0, 1, 2]]]), image=torch.tensor([0, 0, 0]), region=torch.tensor([0, 0, 1]))
+    return emb, seg
+
+
+def test_contrastive_loss_hand_computed():
+    emb, seg = three_pixels()
+    e = math.e
+    # p0: positives {s1} (own segment excluded), all {s0: e, s1: e, s2: 1}; p1 alike;
+    # p2: its region has no other segment, so its own segment is the positive
+    expected = (2 * (math.log(2 * e + 1) - 1) + (math.log(e + 2) - 1)) / 3
+    assert math.isclose(pixel_segment_loss(emb, seg, concentration=1.0).item(), expected, rel_tol=1e-6)
+    with_own = (2 * (math.log(2 * e + 1) - math.log(2 * e)) + (math.log(e + 2) - 1)) / 3
+    assert math.isclose(pixel_segment_loss(emb, seg, 1.0, exclude_own=False).item(), with_own, rel_tol=1e-6)
+
+
+def test_contrastive_loss_prefers_embeddings_that_agree_with_regions():
+    g = torch.Generator().manual_seed(0)
+    regions = torch.zeros(2, 8, 8, dtype=torch.long)
+    regions[:, :, 4:] = 1
+    regions[:, 4:, :] += 2  # four quadrant regions per image
+    directions = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    agree = directions[regions + 4 * torch.arange(2).view(2, 1, 1)].permute(0, 3, 1, 2)
+    agree = torch.nn.functional.normalize(agree + 0.1 * torch.randn(agree.shape, generator=g), dim=1)
+    shuffled = agree.flatten(2)[:, :, torch.randperm(64, generator=g)].view_as(agree)
+    cfg = SegmenterConfig(grid=(2, 2), num_iters=10)
+    loss = {name: pixel_segment_loss(e, segment(e, regions, cfg), 16.0).item()
+            for name, e in (("agree", agree), ("shuffled", shuffled))}
+    assert loss["agree"] < loss["shuffled"] - 1.0, loss
+
+
+def test_embedding_consistency_hand_computed():
+    student = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    teacher = torch.tensor([4.0, 3.0]).view(1, 2, 1, 1)
+    assert math.isclose(embedding_consistency(student, teacher, "cosine").item(), 1 - 24 / 25, rel_tol=1e-6)
+    assert math.isclose(embedding_consistency(student, teacher, "l1").item(), 1.0, rel_tol=1e-6)
+    valid = torch.tensor([[[True, False]]])
+    two = torch.cat([student, -student], -1), torch.cat([teacher, teacher], -1)
+    assert math.isclose(embedding_consistency(*two, "cosine", valid).item(), 1 - 24 / 25, rel_tol=1e-6)
+
+
+def test_semantic_consistency_is_kl_teacher_to_student():
+    student = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    teacher = torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)  # scale does not matter: cosines
+    targets = torch.eye(2)
+    t_s, t_t = 0.5, 0.25
+    p = [math.exp(1 / t_s), 1.0]
+    q = [1.0, math.exp(1 / t_t)]
+    p = [v / sum(p) for v in p]
+    q = [v / sum(q) for v in q]
+    expected = sum(qc * (math.log(qc) - math.log(pc)) for pc, qc in zip(p, q))
+    got = semantic_consistency(student, teacher, targets, t_s, t_t).item()
+    assert math.isclose(got, expected, rel_tol=1e-5)
+    assert semantic_consistency(teacher, teacher, targets, t_t, t_t).abs().item() < 1e-6
