@@ -10,7 +10,7 @@ from model.kmeans import spherical_kmeans
 
 def cosine_logits(features: torch.Tensor, prototypes: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """[B, D, h, w] features x [C, D] prototypes -> [B, C, h, w] cosine / temperature."""
-    return torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), F.normalize(prototypes, dim=-1)) / temperature
+    return torch.einsum("bdhw,cd->bchw", F.normalize(features, dim=1), F.normalize(prototypes, dim=-1).to(features.dtype)) / temperature
 
 
 def discover_unknown(features: torch.Tensor, known: torch.Tensor | None, num_clusters: int, max_similarity: float,

@@ -1,0 +1,305 @@
+"""The CLIP teacher: any open_clip model loaded frozen, its dense (MaskCLIP) features and text prototypes.
+
+    teacher = load_teacher(TeacherConfig(model="ViT-B-16", pretrained="openai"))
+    dense = dense_features(teacher, images)            # [B, D, H/16, W/16]
+    protos = text_prototypes(teacher, ["cat", "dog"])  # [C, D]
+    logits = cosine_logits(dense, protos, temperature=0.01)  # model.prototypes
+
+The tiny test/demo architectures in `model/clip_configs/` are registered with open_clip on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import Tensor, nn
+
+from pipelines.storage import filesystem
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
+
+# ModifiedResNet downsamples by 2 in the stem conv, the stem avgpool and layers 2-4.
+RESNET_STRIDE = 32
+
+# open_clip's 80 templates of the CLIP paper, each a callable name -> prompt.
+IMAGENET_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+# MaskCLIP's scene templates; `str.format` bound to each keeps the same callable interface.
+SCENE_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(
+    t.format
+    for t in (
+        "there is a {} in the scene.",
+        "there is the {} in the scene.",
+        "this is a {} in the scene.",
+        "this is the {} in the scene.",
+        "this is one {} in the scene.",
+    )
+)
+
+DEFAULT_TEMPLATES = IMAGENET_TEMPLATES + SCENE_TEMPLATES
+
+
+@dataclass
+class TeacherConfig:
+    """Which open_clip model teaches and where its weights come from.
+
+    pretrained: "" (random init, for tests only), an open_clip tag of `model` ("openai",
+    "laion2b_s34b_b79k", ...), a local checkpoint file, or an fsspec URL ("s3://...") of one.
+    """
+
+    model: str = "tiny-rn"
+    pretrained: str = ""
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.model not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {self.model!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass
+class Teacher:
+    """A frozen open_clip CLIP in eval mode with what is needed to feed it."""
+
+    model: nn.Module
+    tokenizer: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    pretrained_source: str
+    random_init: bool
+    embed_dim: int
+    patch_size: int
+
+
+def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str) -> str | None:
+    """What to pass as open_clip's `pretrained`: a tag, a local file, or None for random init.
+
+    A URL is copied into `tmp_dir` first (open_clip reads local files only).
+    """
+    if not pretrained:
+        return None
+    if open_clip.is_pretrained_cfg(model_name, pretrained):
+        return pretrained
+    if os.path.isfile(pretrained):
+        return pretrained
+    if "://" in pretrained:
+        fs, path = filesystem(pretrained)
+        # Keep the name: open_clip picks the reader by suffix (.safetensors, .npz).
+        local = os.path.join(tmp_dir, os.path.basename(path))
+        fs.get_file(path, local)
+        return local
+    raise ValueError(
+        f"pretrained={pretrained!r} is none of: an open_clip tag of {model_name!r} "
+        f"{open_clip.list_pretrained_tags_by_model(model_name)}, an existing local file, "
+        f"or an fsspec URL (s3://..., gs://...); use '' for random weights"
+    )
+
+
+def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teacher:
+    """Build `cfg.model` with its weights, frozen and in eval mode."""
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        checkpoint = resolve_pretrained(cfg.model, cfg.pretrained, tmp_dir)
+        model = open_clip.create_model(
+            cfg.model, pretrained=checkpoint, precision=cfg.precision, device=device
+        )
+    if checkpoint is None:
+        log.warning(
+            "!!! CLIP TEACHER %s HAS RANDOM WEIGHTS (pretrained=''): its features and text "
+            "prototypes are meaningless as a teacher; use this for tests only !!!",
+            cfg.model,
+        )
+    model.eval().requires_grad_(False)
+    pre = open_clip.get_model_preprocess_cfg(model)
+    return Teacher(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(cfg.model),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        image_size=_square(model.visual.image_size, "image size"),
+        pretrained_source=cfg.pretrained,
+        random_init=checkpoint is None,
+        embed_dim=model.visual.output_dim,
+        patch_size=_tower(model.visual).stride(model.visual),
+    )
+
+
+def _square(size: int | Sequence[int], what: str) -> int:
+    if isinstance(size, int):
+        return size
+    if len(set(size)) != 1:
+        raise ValueError(f"non-square {what} {tuple(size)} is not supported")
+    return int(size[0])
+
+
+def _unwrap(teacher_or_model: Teacher | nn.Module) -> nn.Module:
+    return teacher_or_model.model if isinstance(teacher_or_model, Teacher) else teacher_or_model
+
+
+# ---------------------------------------------------------------- dense features
+
+
+def interpolate_pos_embed(pos: Tensor, grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Resize a [1 + gh*gw, C] positional embedding (class token first) to `new_grid`.
+
+    Bicubic, as MaskCLIP and open_clip's own resize; unchanged when the grids agree.
+    """
+    if tuple(grid) == tuple(new_grid):
+        return pos
+    cls, patches = pos[:1], pos[1:]
+    patches = patches.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=new_grid, mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
+    return torch.cat([cls, patches])
+
+
+def value_path_block(block: ResidualAttentionBlock, x: Tensor) -> Tensor:
+    """MaskCLIP's last block: attention replaced by its value path, so tokens do not mix.
+
+    x: [B, N, C] -> [B, N, C]. v = ln_1(x) W_v + b_v through out_proj, then both residuals.
+    """
+    attn = block.attn
+    width = x.shape[-1]
+    v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :])
+    x = x + block.ls_1(attn.out_proj(v))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def self_self_block(block: ResidualAttentionBlock, x: Tensor) -> Tensor:
+    """ClearCLIP's last block: q-q attention over the values, with no residual and no MLP.
+
+    x: [B, N, C] -> [B, N, C]. A training-free teacher beyond the value path (METHOD.md §2, §5:
+    such methods reach VOC-20 80-88 with ViT-B/16, MaskCLIP 49.5).
+    """
+    attn = block.attn
+    b, n, c = x.shape
+    q, _, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, v = (t.reshape(b, n, attn.num_heads, -1).transpose(1, 2) for t in (q, v))  # [B, h, N, c/h]
+    out = F.scaled_dot_product_attention(q, q, v)  # softmax(q q^T / sqrt(c/h)) v
+    return block.ls_1(attn.out_proj(out.transpose(1, 2).reshape(b, n, c)))
+
+
+# How the last ViT block turns tokens into per-patch features.
+LAST_BLOCKS: dict[str, Callable[[ResidualAttentionBlock, Tensor], Tensor]] = {
+    "maskclip": value_path_block,
+    "clearclip": self_self_block,
+}
+
+
+def _vit_dense(visual: VisionTransformer, images: Tensor, last_block: str) -> Tensor:
+    """[B, 3, H, W] -> [B, D, H/p, W/p] through the ViT with `LAST_BLOCKS[last_block]`."""
+    if visual.attn_pool is not None:
+        raise TypeError("dense features of a ViT with an attentional pooler are not supported")
+    block = visual.transformer.resblocks[-1]
+    if not isinstance(block, ResidualAttentionBlock) or not visual.transformer.batch_first:
+        raise TypeError(f"dense features need batch-first ResidualAttentionBlocks, got {type(block)}")
+    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, C, h, w]
+    b, c, h, w = x.shape
+    x = x.flatten(2).transpose(1, 2)  # [B, h*w, C]
+    cls = visual.class_embedding.to(x.dtype).expand(b, 1, c)
+    pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, (h, w))
+    x = visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
+    for blk in visual.transformer.resblocks[:-1]:
+        x = blk(x)
+    x = LAST_BLOCKS[last_block](block, x)
+    x = visual.ln_post(x[:, 1:]) @ visual.proj  # [B, h*w, D]
+    return x.transpose(1, 2).reshape(b, -1, h, w)
+
+
+def _resnet_dense(visual: ModifiedResNet, images: Tensor, last_block: str) -> Tensor:
+    """[B, 3, H, W] -> [B, D, H/32, W/32]: the attention pool's v_proj then c_proj at every position.
+
+    As MaskCLIP's ResNet head (1x1 v/c convs on the layer4 map), no positional embedding is
+    added: the attention pool's embedding belongs to its q-k path, and leaving it out keeps any
+    input size valid without interpolation. Only "maskclip" is defined for the ResNet pool.
+    """
+    if last_block != "maskclip":
+        raise ValueError(f"last_block={last_block!r} is defined for ViTs only; ResNets take 'maskclip'")
+    x = images.to(visual.conv1.weight.dtype)
+    x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(x)))))
+    pool = visual.attnpool
+    x = pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1)))  # [B, h, w, D]
+    return x.permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class DenseTower:
+    """How to get a dense grid out of one kind of open_clip vision tower."""
+
+    features: Callable[[nn.Module, Tensor, str], Tensor]  # (visual, images, last_block)
+    stride: Callable[[nn.Module], int]  # pixels per grid cell
+
+
+DENSE_TOWERS: dict[type, DenseTower] = {
+    VisionTransformer: DenseTower(_vit_dense, lambda v: _square(v.patch_size, "patch size")),
+    ModifiedResNet: DenseTower(_resnet_dense, lambda v: RESNET_STRIDE),
+}
+
+
+def _tower(visual: nn.Module) -> DenseTower:
+    tower = DENSE_TOWERS.get(type(visual))
+    if tower is None:
+        names = ", ".join(t.__name__ for t in DENSE_TOWERS)
+        raise TypeError(f"no dense features for vision tower {type(visual).__name__}; supported: {names}")
+    return tower
+
+
+@torch.no_grad()
+def dense_features(
+    teacher_or_model: Teacher | nn.Module, images: Tensor, last_block: str = "maskclip"
+) -> Tensor:
+    """Dense CLIP features, not normalised: [B, 3, H, W] normalised images -> [B, D, H/p, W/p] fp32.
+
+    last_block: a key of LAST_BLOCKS; "maskclip" (value path) is the method's teacher.
+    """
+    if last_block not in LAST_BLOCKS:
+        raise ValueError(f"last_block must be one of {sorted(LAST_BLOCKS)}, got {last_block!r}")
+    visual = _unwrap(teacher_or_model).visual
+    return _tower(visual).features(visual, images, last_block).float()
+
+
+@torch.no_grad()
+def global_embedding(teacher_or_model: Teacher | nn.Module, images: Tensor) -> Tensor:
+    """CLIP's image embedding, not normalised: [B, 3, H, W] -> [B, D] fp32."""
+    model = _unwrap(teacher_or_model)
+    return model.encode_image(images.to(model.visual.conv1.weight.dtype)).float()
+
+
+# ---------------------------------------------------------------- text
+
+
+@torch.no_grad()
+def text_prototypes(
+    teacher: Teacher,
+    names: Sequence[str],
+    templates: Sequence[Callable[[str], str]] = DEFAULT_TEMPLATES,
+    batch_size: int = 256,
+) -> Tensor:
+    """Prompt-ensembled class embeddings [C, D], unit norm.
+
+    Every template is filled with every name; each prompt's embedding is normalised, the mean
+    over templates taken per name, and normalised again.
+    """
+    prompts = [template(name) for name in names for template in templates]
+    device = next(teacher.model.parameters()).device
+    tokens = teacher.tokenizer(prompts).to(device)
+    emb = torch.cat([teacher.model.encode_text(chunk).float() for chunk in tokens.split(batch_size)])
+    emb = F.normalize(emb, dim=-1).reshape(len(names), len(templates), -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)
+
