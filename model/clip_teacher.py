@@ -202,8 +202,9 @@ LAST_BLOCKS: dict[str, Callable[[ResidualAttentionBlock, Tensor], Tensor]] = {
 }
 
 
-def _vit_dense(visual: VisionTransformer, images: Tensor, last_block: str) -> Tensor:
-    """[B, 3, H, W] -> [B, D, H/p, W/p] through the ViT with `LAST_BLOCKS[last_block]`."""
+def _vit_dense(visual: VisionTransformer, images: Tensor, last_block: str) -> tuple[Tensor, Tensor]:
+    """[B, 3, H, W] -> dense [B, D, H/p, W/p] through `LAST_BLOCKS[last_block]`, and the global
+    embedding [B, D] through the ordinary last block: the trunk below it runs once for both."""
     if visual.attn_pool is not None:
         raise TypeError("dense features of a ViT with an attentional pooler are not supported")
     block = visual.transformer.resblocks[-1]
@@ -217,13 +218,14 @@ def _vit_dense(visual: VisionTransformer, images: Tensor, last_block: str) -> Te
     x = visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
     for blk in visual.transformer.resblocks[:-1]:
         x = blk(x)
-    x = LAST_BLOCKS[last_block](block, x)
-    x = visual.ln_post(x[:, 1:]) @ visual.proj  # [B, h*w, D]
-    return x.transpose(1, 2).reshape(b, -1, h, w)
+    pooled, _ = visual._pool(block(x))  # open_clip's own tail of encode_image
+    dense = visual.ln_post(LAST_BLOCKS[last_block](block, x)[:, 1:]) @ visual.proj  # [B, h*w, D]
+    return dense.transpose(1, 2).reshape(b, -1, h, w), pooled @ visual.proj
 
 
-def _resnet_dense(visual: ModifiedResNet, images: Tensor, last_block: str) -> Tensor:
-    """[B, 3, H, W] -> [B, D, H/32, W/32]: the attention pool's v_proj then c_proj at every position.
+def _resnet_dense(visual: ModifiedResNet, images: Tensor, last_block: str) -> tuple[Tensor, Tensor]:
+    """[B, 3, H, W] -> dense [B, D, H/32, W/32], the attention pool's v_proj then c_proj at every
+    position, and the global embedding [B, D] (the pool itself) from the same trunk pass.
 
     As MaskCLIP's ResNet head (1x1 v/c convs on the layer4 map), no positional embedding is
     added: the attention pool's embedding belongs to its q-k path, and leaving it out keeps any
@@ -234,15 +236,18 @@ def _resnet_dense(visual: ModifiedResNet, images: Tensor, last_block: str) -> Te
     x = images.to(visual.conv1.weight.dtype)
     x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(x)))))
     pool = visual.attnpool
-    x = pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1)))  # [B, h, w, D]
-    return x.permute(0, 3, 1, 2)
+    dense = pool.c_proj(pool.v_proj(x.permute(0, 2, 3, 1)))  # [B, h, w, D]
+    native = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
+    pos = interpolate_pos_embed(pool.positional_embedding, (native, native), tuple(x.shape[-2:]))
+    pooled = torch.func.functional_call(pool, {"positional_embedding": pos}, (x,))  # any input size
+    return dense.permute(0, 3, 1, 2), pooled
 
 
 @dataclass(frozen=True)
 class DenseTower:
     """How to get a dense grid out of one kind of open_clip vision tower."""
 
-    features: Callable[[nn.Module, Tensor, str], Tensor]  # (visual, images, last_block)
+    features: Callable[[nn.Module, Tensor, str], tuple[Tensor, Tensor]]  # (visual, images, last_block) -> (dense, global)
     stride: Callable[[nn.Module], int]  # pixels per grid cell
 
 
@@ -261,17 +266,24 @@ def _tower(visual: nn.Module) -> DenseTower:
 
 
 @torch.no_grad()
-def dense_features(
+def dense_and_global(
     teacher_or_model: Teacher | nn.Module, images: Tensor, last_block: str = "maskclip"
-) -> Tensor:
-    """Dense CLIP features, not normalised: [B, 3, H, W] normalised images -> [B, D, H/p, W/p] fp32.
+) -> tuple[Tensor, Tensor]:
+    """Dense CLIP features [B, D, H/p, W/p] and the global embedding [B, D], both fp32, not
+    normalised, from one pass: [B, 3, H, W] normalised images.
 
     last_block: a key of LAST_BLOCKS; "maskclip" (value path) is the method's teacher.
     """
     if last_block not in LAST_BLOCKS:
         raise ValueError(f"last_block must be one of {sorted(LAST_BLOCKS)}, got {last_block!r}")
     visual = _unwrap(teacher_or_model).visual
-    return _tower(visual).features(visual, images, last_block).float()
+    dense, pooled = _tower(visual).features(visual, images, last_block)
+    return dense.float(), pooled.float()
+
+
+def dense_features(teacher_or_model: Teacher | nn.Module, images: Tensor, last_block: str = "maskclip") -> Tensor:
+    """Dense CLIP features only: see `dense_and_global`."""
+    return dense_and_global(teacher_or_model, images, last_block)[0]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Writing one output shard: the WebDataset tar, its parquet ledger, and the stats commit marker.
+"""Writing one output shard (images, or the embed job's sidecars): tar, parquet ledger, stats commit marker.
 
 A shard is complete exactly when `NNNNN_stats.json` exists. The tar and ledger are written first,
 each atomically, so a crash leaves either nothing or files that a rerun overwrites.
@@ -60,11 +60,14 @@ class ShardWriter:
         info.size, info.mtime, info.mode = len(data), 0, 0o644
         self._tar.addfile(info, io.BytesIO(data))
 
+    def add_files(self, key: str, files: dict[str, bytes]) -> None:
+        """One sample: `KEY.EXT` for every extension -> bytes, in the given order."""
+        for extension, data in files.items():
+            self._add(f"{key}.{extension}", data)
+
     def add_sample(self, key: str, image: bytes, extension: str, meta: dict, caption: str | None) -> None:
-        self._add(f"{key}.{extension}", image)
-        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-        if caption is not None:
-            self._add(f"{key}.txt", caption.encode())
+        files = {extension: image, "json": json.dumps(meta, sort_keys=True).encode()}
+        self.add_files(key, files if caption is None else {**files, "txt": caption.encode()})
 
     def add_ledger_row(self, row: dict) -> None:
         self.rows.append({name: row.get(name) for name in LEDGER_SCHEMA.names})

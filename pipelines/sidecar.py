@@ -1,11 +1,12 @@
 """The CLIP sidecar format: per key, what the losses need beside the image, packed and unpacked here.
 
 For image shard `00000.tar`, the embed job writes `00000.tar` under its own output folder with,
-per key (the image shard's keys, same order):
+per key (the image shard's keys, same order), everything on the image's *canvas*: the centred square
+crop resized to the teacher's input size (`to_canvas`), which the trainer rebuilds the same way:
   KEY.dense.npy    the dense CLIP grid [D, gh, gw]: float16, or int8 with KEY.scale.npy
   KEY.scale.npy    (int8 form only) float16 [gh, gw], one scale per vector: value = int8 * scale / 127
   KEY.global.npy   float16 [D], the global image embedding
-  KEY.sp.png       uint16 PNG [H, W], superpixel ids at the stored image's resolution
+  KEY.sp.png       uint16 PNG [S, S], superpixel ids on the canvas
 Both the embed job and the trainer go through `encode_sample` / `decode_sample`, so the format lives in one place.
 """
 
@@ -18,6 +19,16 @@ import cv2
 import numpy as np
 
 STORAGE_FORMATS = ("float16", "int8")
+
+
+def to_canvas(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: the centred square, resized (area when shrinking)."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = rgb[top:top + side, left:left + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return square if side == size else cv2.resize(square, (size, size), interpolation=interp)
 
 
 def _npy(array: np.ndarray) -> bytes:

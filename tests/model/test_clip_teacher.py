@@ -226,6 +226,19 @@ def test_dense_grid_is_input_size_over_patch(request, which, size, grid):
     assert dense.dtype == torch.float32
 
 
+@pytest.mark.parametrize("which", ["vit", "rn"])
+def test_one_pass_gives_encode_image_as_the_global_embedding(request, which):
+    from model.clip_teacher import dense_and_global
+
+    teacher = request.getfixturevalue(which)
+    x = images(2, teacher.image_size, teacher.image_size)
+    dense, pooled = dense_and_global(teacher, x)
+    torch.testing.assert_close(pooled, teacher.model.encode_image(x), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(dense, dense_features(teacher, x))
+    _, larger = dense_and_global(teacher, images(1, 2 * teacher.image_size, teacher.image_size))
+    assert larger.shape == (1, teacher.embed_dim)  # other sizes interpolate the positional embedding
+
+
 def test_interpolate_pos_embed_keeps_class_token_and_constants():
     pos = torch.randn(1 + 4 * 4, 6)
     assert interpolate_pos_embed(pos, (4, 4), (4, 4)) is pos
