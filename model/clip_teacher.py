@@ -114,7 +114,10 @@ def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str) -> str | 
 
 def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teacher:
     """Build `cfg.model` with its weights, frozen and in eval mode."""
-    with tempfile.TemporaryDirectory() as tmp_dir:
+    # Random weights come from a fixed seed, so every actor of a job (and the driver's text
+    # encoder) holds the same random teacher; the caller's RNG state is left untouched.
+    with tempfile.TemporaryDirectory() as tmp_dir, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
         checkpoint = resolve_pretrained(cfg.model, cfg.pretrained, tmp_dir)
         model = open_clip.create_model(
             cfg.model, pretrained=checkpoint, precision=cfg.precision, device=device

@@ -71,7 +71,12 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"missing required config value {prefix}{missing[0]}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a component's own check in __post_init__: same one-line error
+        raise ConfigError(f"{prefix}{e}" if prefix else str(e)) from None
 
 
 def _set_dotted(values: dict, dotted: str, value: Any) -> None:

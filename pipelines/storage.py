@@ -25,9 +25,15 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def _local_tmp(path: str) -> str:
+    """A sibling temp name, its folder created: object stores need neither."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+
+
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _local_tmp(path)
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -38,7 +44,7 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
 def upload_file_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> None:
     """Move a finished local file to `path`; the destination appears complete or not at all."""
     if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _local_tmp(path)
         fs.put_file(local_path, tmp)
         os.replace(tmp, path)
     else:

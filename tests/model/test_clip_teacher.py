@@ -312,6 +312,16 @@ def test_random_init_warns_loudly_and_is_frozen(caplog):
     assert teacher.mean == open_clip.OPENAI_DATASET_MEAN and teacher.std == open_clip.OPENAI_DATASET_STD
 
 
+def test_random_weights_are_the_same_in_every_process_and_leave_the_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = load_teacher(TeacherConfig(model="tiny-vit"))
+    assert torch.equal(torch.rand(1), expected_next)
+    b = load_teacher(TeacherConfig(model="tiny-vit"))
+    assert_same_teacher(a, b)
+
+
 def assert_same_teacher(a: Teacher, b: Teacher):
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys()

@@ -1,0 +1,176 @@
+"""Precompute what the losses need from CLIP for every image shard: dense features, global embedding,
+superpixels, and the target prototypes. A Ray Data job.
+
+    python pipelines/embed.py --input data/shards --output data/clip --clip-model ViT-B-16 \\
+        --clip-pretrained openai --classes classes.txt
+    ray job submit --working-dir . -- python pipelines/embed.py --input s3://b/shards --output s3://b/clip ...
+
+CPU tasks decode shards into canvases and superpixels; a pool of model actors (one GPU each when
+the cluster has GPUs) runs the teacher and writes sidecar parts (pipelines/sidecar.py). Then
+`SHARD_stats.json` per shard, `prototypes.pt`, and `embed_manifest.json` describing how features
+were made; a rerun skips finished parts and refuses an output made with different settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import ray
+import torch
+from tqdm import tqdm
+
+from model.clip_teacher import LAST_BLOCKS, TeacherConfig, load_teacher
+from model.superpixels import SuperpixelConfig
+from pipelines.config import ConfigError, parse_config
+from pipelines.embed_prototypes import (PROTOTYPES, build_prototypes, read_class_names, sample_dense,
+                                        save_prototypes)
+from pipelines.embed_worker import ClipEmbedder, EmbedSpec, commit_shard, num_parts, prepare_chunks
+from pipelines.manifest import read_manifest
+from pipelines.ray_utils import cluster_cpus, init_ray
+from pipelines.shard_writer import is_committed
+from pipelines.sidecar import STORAGE_FORMATS
+from pipelines.storage import filesystem, join, read_json, write_json_atomic
+
+log = logging.getLogger("embed")
+FORMAT_VERSION = 1
+EMBED_MANIFEST = "embed_manifest.json"
+
+
+@dataclass
+class EmbedConfig:
+    input: str = field(metadata={"help": "shards written by pipelines/shard.py (folder or s3:// prefix)"})
+    output: str = field(metadata={"help": "folder or s3:// prefix for the sidecars"})
+    clip_model: str = field(default="tiny-rn", metadata={"help": "any open_clip architecture name"})
+    clip_pretrained: str = field(default="", metadata={"help": "open_clip tag, local file or s3:// checkpoint; "
+                                                               "empty = random weights (loud warning)"})
+    precision: str = field(default="auto", metadata={"help": "auto (fp16 on GPU, fp32 on CPU) or an open_clip precision"})
+    last_block: str = field(default="maskclip", metadata={"help": "/".join(LAST_BLOCKS)})
+    image_size: int = field(default=0, metadata={"help": "canvas side; 0 = the model's input size"})
+    storage: str = field(default="float16", metadata={"help": "/".join(STORAGE_FORMATS)})
+    classes: str = field(default="", metadata={"help": "file of known class names, one a line"})
+    num_unknown: int = field(default=16, metadata={"help": "k-means centres to try as unknown prototypes"})
+    unknown_max_similarity: float = field(default=0.8, metadata={"help": "drop centres this close to a known name"})
+    unknown_sample_images: int = 512
+    unknown_max_vectors: int = 200_000
+    seed: int = 0
+    batch_size: int = 64
+    chunk_size: int = 256
+    num_model_actors: int = field(default=0, metadata={"help": "0 = one per GPU, or one on a CPU-only cluster"})
+    cpus_per_actor: int = 1
+    threads_per_actor: int = field(default=0, metadata={"help": "torch threads in an actor; 0 = torch's default"})
+    superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all"})
+
+    def __post_init__(self):
+        if self.storage not in STORAGE_FORMATS:
+            raise ConfigError(f"storage must be one of {STORAGE_FORMATS}, got {self.storage!r}")
+        if self.last_block not in LAST_BLOCKS:
+            raise ConfigError(f"last_block must be one of {tuple(LAST_BLOCKS)}, got {self.last_block!r}")
+        for name in ("batch_size", "chunk_size", "cpus_per_actor", "unknown_sample_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not -1 <= self.unknown_max_similarity <= 1:
+            raise ConfigError("unknown_max_similarity is a cosine: -1..1")
+
+    def teacher(self) -> TeacherConfig:
+        precision = ("fp16" if torch.cuda.is_available() else "fp32") if self.precision == "auto" else self.precision
+        return TeacherConfig(self.clip_model, self.clip_pretrained, precision)
+
+
+def check_manifest(output: str, manifest: dict) -> None:
+    """Write the manifest, or refuse when the output already holds features made another way."""
+    fs, root = filesystem(output)
+    path = join(root, EMBED_MANIFEST)
+    if fs.exists(path):
+        existing = read_json(fs, path)
+        differ = sorted(k for k in manifest if existing.get(k) != manifest[k])
+        if differ:
+            raise ConfigError(f"{output} holds features made with other settings ({', '.join(differ)}: "
+                              f"{existing.get(differ[0])!r} there, {manifest[differ[0]]!r} now); use a new output")
+        return
+    write_json_atomic(fs, path, manifest)
+
+
+def storage_report(output: str, parts: list[str], num_samples: int) -> str:
+    fs, root = filesystem(output)
+    size = sum(fs.size(join(root, p)) for p in parts)
+    per_image = size / max(num_samples, 1)
+    return f"sidecar storage: {per_image / 1e3:.1f} KB per image, {per_image * 1e6 / 1e9:.1f} GB per million images"
+
+
+def run(cfg: EmbedConfig) -> dict:
+    init_ray(cfg.num_cpus or None)
+    teacher_cfg = cfg.teacher()
+    teacher = load_teacher(teacher_cfg)  # on the driver: text prototypes and the manifest's facts
+    image_size = cfg.image_size or teacher.image_size
+    manifest = {
+        "format_version": FORMAT_VERSION, "clip_model": cfg.clip_model, "pretrained": teacher.pretrained_source,
+        "random_init": teacher.random_init, "last_block": cfg.last_block, "image_size": image_size,
+        "grid": image_size // teacher.patch_size, "embed_dim": teacher.embed_dim, "storage": cfg.storage,
+        "chunk_size": cfg.chunk_size, "superpixels": asdict(cfg.superpixels), "input": cfg.input,
+    }
+    check_manifest(cfg.output, manifest)
+    shards = {s["name"].removesuffix(".tar"): s["num_samples"] for s in read_manifest(cfg.input)["shards"]}
+    pending = [name for name in shards if not is_committed(cfg.output, name)]
+    spec = EmbedSpec(cfg.input, cfg.output, image_size, cfg.chunk_size, cfg.superpixels, cfg.storage)
+    log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
+    started, results = time.time(), []
+    if pending:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = cfg.num_model_actors or max(1, gpus)
+        chunks = ray.data.from_items([{"shard": n} for n in pending], override_num_blocks=len(pending)).flat_map(
+            # retries re-read a shard after a storage hiccup; they also keep this CPU stage its own
+            # operator (Ray Data fuses stages with identical remote args) so decoding overlaps the model
+            prepare_chunks, fn_kwargs={"spec": spec}, num_cpus=1, max_retries=3,
+            compute=ray.data.TaskPoolStrategy(size=max(1, min(len(pending), cluster_cpus() - actors * cfg.cpus_per_actor))))
+        parts = chunks.map(ClipEmbedder, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
+                           num_cpus=cfg.cpus_per_actor, fn_constructor_kwargs={
+                               "teacher": teacher_cfg, "spec": spec, "batch_size": cfg.batch_size,
+                               "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor})
+        with tqdm(total=sum(shards[n] for n in pending), desc="images", unit="img") as bar:
+            for part in parts.iter_rows():
+                results.append(part)
+                bar.update(part["num_samples"] + part["num_failed"])
+    committed = {n: commit_shard(cfg.output, n, num_parts(shards[n], cfg.chunk_size)) for n in pending}
+    fs, root = filesystem(cfg.output)
+    all_stats = [read_json(fs, join(root, f"{n}_stats.json")) for n in shards if is_committed(cfg.output, n)]
+    all_parts = [p for s in all_stats for p in s["parts"]]
+    complete = len(all_stats) == len(shards)
+    if complete and not fs.exists(join(root, PROTOTYPES)):
+        names = read_class_names(cfg.classes) if cfg.classes else []
+        features = sample_dense(cfg.output, all_parts, cfg.unknown_sample_images, cfg.unknown_max_vectors, cfg.seed)
+        protos = build_prototypes(teacher, names, features, cfg.num_unknown, cfg.unknown_max_similarity, cfg.seed)
+        save_prototypes(cfg.output, protos)
+        log.info("prototypes: %d known, %d unknown", len(protos["known"]), len(protos["unknown"]))
+    seconds = time.time() - started
+    embedded = sum(r["num_samples"] for r in results)
+    failures = sum((Counter(s["failures"]) for s in all_stats), Counter())
+    num_samples = sum(s["num_samples"] for s in all_stats)
+    print(f"shards: {sum(1 for v in committed.values() if v)} embedded now, {len(shards) - len(pending)} before, "
+          f"{len(shards) - len(all_stats)} unfinished" + ("" if complete else " (rerun to finish)"))
+    print(f"this run: {embedded} images in {seconds:.1f} s ({embedded / max(seconds, 1e-9):.1f} images/s)")
+    print(f"samples with features: {num_samples}" + "".join(f"; skipped {r}: {n}" for r, n in sorted(failures.items())))
+    print(storage_report(cfg.output, all_parts, num_samples))
+    if teacher.random_init:
+        print("WARNING: the teacher has RANDOM weights; these features teach nothing (pass --clip-pretrained)")
+    return {"complete": complete, "num_samples": num_samples, "failures": dict(failures), "images_per_s":
+            embedded / max(seconds, 1e-9)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = parse_config(EmbedConfig, argv, description=__doc__.split("\n")[0])
+        result = run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if result["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The embed job's two stages: CPU tasks cut an image shard into decoded canvas chunks with superpixels;
+model actors run the CLIP teacher on a chunk and publish it as one sidecar part.
+
+A part is `SHARD-PPP.tar` + `.parquet` + `_stats.json` (the ShardWriter's commit protocol), so a
+rerun redoes only unfinished parts; the driver commits `SHARD_stats.json` once every part of the
+shard is there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+
+from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
+from model.superpixels import SuperpixelConfig, superpixels
+from pipelines.images import ImageRejected, ResizeSpec, decode_bgr
+from pipelines.shard_writer import ShardWriter, is_committed
+from pipelines.sidecar import encode_sample, to_canvas
+from pipelines.storage import filesystem, join, read_json, write_json_atomic
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    input: str
+    output: str
+    image_size: int  # canvas side = the teacher's input size
+    chunk_size: int  # samples per part: bounds the memory a chunk holds in flight
+    superpixels: SuperpixelConfig
+    storage: str
+
+
+def part_name(shard: str, part: int) -> str:
+    return f"{shard}-{part:03d}"
+
+
+def read_shard(input_url: str, shard: str) -> list[dict]:
+    """Samples of `SHARD.tar` as webdataset dicts ({"__key__": ..., "jpg": bytes, ...}), in order."""
+    fs, root = filesystem(input_url)
+    with fs.open(join(root, f"{shard}.tar"), "rb") as stream:
+        return list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": shard}])))
+
+
+def _canvas(sample: dict, size: int) -> np.ndarray:
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise ImageRejected("no_image", f"extensions {sorted(k for k in sample if not k.startswith('__'))}")
+    bgr, _ = decode_bgr(sample[ext], ResizeSpec(resize_mode="none"))
+    return to_canvas(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
+
+
+def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
+    """One row per unfinished part of shard row["shard"]: keys, canvases [N, S, S, 3], superpixels [N, S, S]."""
+    shard = row["shard"]
+    samples = read_shard(spec.input, shard)
+    chunks = []
+    for part in range(num_parts(len(samples), spec.chunk_size)):
+        if is_committed(spec.output, part_name(shard, part)):
+            continue
+        keys, canvases, regions, failures = [], [], [], []
+        for sample in samples[part * spec.chunk_size:(part + 1) * spec.chunk_size]:
+            try:
+                canvas = _canvas(sample, spec.image_size)
+                regions.append(superpixels(canvas, spec.superpixels))
+            except Exception as e:  # one bad sample is recorded, never fatal
+                failures.append((sample["__key__"], getattr(e, "reason", "corrupt"), str(e)))
+                continue
+            keys.append(sample["__key__"])
+            canvases.append(canvas)
+        s = spec.image_size
+        chunks.append({
+            "shard": shard, "part": part, "keys": keys,
+            "canvas": np.stack(canvases) if canvases else np.zeros((0, s, s, 3), np.uint8),
+            "superpixels": np.stack(regions) if regions else np.zeros((0, s, s), np.uint16),
+            "failures": failures,
+        })
+    return chunks
+
+
+class ClipEmbedder:
+    """A Ray Data actor: holds the teacher once, embeds a chunk in batches and publishes its part."""
+
+    def __init__(self, teacher: TeacherConfig, spec: EmbedSpec, batch_size: int, last_block: str, num_threads: int):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.teacher = load_teacher(teacher, self.device)
+        self.spec, self.batch_size, self.last_block = spec, batch_size, last_block
+        self.mean = torch.tensor(self.teacher.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.teacher.std, device=self.device).view(1, 3, 1, 1)
+
+    def embed(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, S, S, 3] -> dense [N, D, g, g] and global [N, D], float32 numpy."""
+        dense, pooled = [], []
+        for start in range(0, len(canvas), self.batch_size):
+            x = torch.from_numpy(canvas[start:start + self.batch_size]).to(self.device).permute(0, 3, 1, 2)
+            d, g = dense_and_global(self.teacher, (x.float() / 255 - self.mean) / self.std, self.last_block)
+            dense.append(d.cpu().numpy())
+            pooled.append(g.cpu().numpy())
+        return np.concatenate(dense), np.concatenate(pooled)
+
+    def __call__(self, chunk: dict) -> dict:
+        started = time.time()
+        name = part_name(chunk["shard"], chunk["part"])
+        keys = list(chunk["keys"])
+        if keys:
+            dense, pooled = self.embed(chunk["canvas"])
+        writer = ShardWriter(self.spec.output, name)
+        try:
+            for i, key in enumerate(keys):
+                files = encode_sample(key, dense[i], pooled[i], chunk["superpixels"][i], self.spec.storage)
+                writer.add_files(key, {k: v for k, v in files.items() if k != "__key__"})
+                writer.add_ledger_row({"key": key, "location": f"{chunk['shard']}.tar", "status": "success"})
+            for key, reason, error in chunk["failures"]:
+                writer.add_ledger_row({"key": key, "location": f"{chunk['shard']}.tar", "status": reason, "error": error})
+            stats = {"part": name, "shard": chunk["shard"], "num_samples": len(keys),
+                     "failures": dict(Counter(reason for _, reason, _ in chunk["failures"])),
+                     "start_time": started, "end_time": time.time()}
+            writer.commit(stats)
+        except BaseException:
+            writer.abort()
+            raise
+        return {"shard": chunk["shard"], "num_samples": len(keys),
+                "num_failed": len(chunk["failures"]), "seconds": time.time() - started}
+
+
+def num_parts(num_samples: int, chunk_size: int) -> int:
+    return max(1, -(-num_samples // chunk_size))
+
+
+def commit_shard(output: str, shard: str, num_parts: int) -> dict | None:
+    """Write `SHARD_stats.json` (listing the parts) when every part is committed; None otherwise."""
+    fs, root = filesystem(output)
+    parts = [part_name(shard, p) for p in range(num_parts)]
+    if not all(fs.exists(join(root, f"{p}_stats.json")) for p in parts):
+        return None
+    part_stats = [read_json(fs, join(root, f"{p}_stats.json")) for p in parts]
+    failures = sum((Counter(s["failures"]) for s in part_stats), Counter())
+    stats = {"shard": shard, "parts": [f"{p}.tar" for p in parts],
+             "num_samples": sum(s["num_samples"] for s in part_stats), "failures": dict(failures)}
+    write_json_atomic(fs, join(root, f"{shard}_stats.json"), stats)
+    return stats
