@@ -1,0 +1,363 @@
+"""Benchmarks of a model file: language-driven, unsupervised, unseen-class and linear-probe segmentation, vs baselines.
+
+    python pipelines/evaluate.py --checkpoint model.pt --dataset voc20 --data-root data/VOC2012 --task all --output eval
+    python pipelines/evaluate.py --checkpoint teacher --clip-model ViT-B-16 --clip-pretrained openai \\
+        --dataset context59 --data-root s3://bucket/VOC2010 --task language --output s3://bucket/eval/maskclip
+    ray job submit --working-dir . -- python pipelines/evaluate.py --checkpoint s3://... --data-root s3://... ...
+
+Writes `report.json` (per task and method: per-class IoU, mIoU, pixel accuracy, confusion matrix),
+`report.md` (methods x metrics, x100) and `panels/TASK_NAME.png` (image, ground truth, predictions).
+Two Ray Data passes at most, through segment.py's actor: one draws pixel embeddings to fit the
+clusters and the probes, one sums per-image confusion matrices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from model.clip_teacher import text_prototypes
+from model.inference import fit_clusters
+from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, segmentation_scores,
+                           seen_unseen_scores)
+from pipelines.config import ConfigError, parse_config
+from pipelines.datasets import DATASETS, IGNORE_INDEX, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from pipelines.ray_utils import init_ray
+from pipelines.segment import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,
+                               colorize, compose, encode_png, gather_samples, predict)
+from pipelines.storage import filesystem, join, write_bytes_atomic, write_json_atomic
+
+log = logging.getLogger("evaluate")
+
+
+# ---------------------------------------------------------------- scores of a summed confusion matrix
+
+
+def _scores(conf: np.ndarray, names: list[str]) -> dict[str, Any]:
+    s = segmentation_scores(conf)
+    return {"miou": s["miou"], "pixel_acc": s["pixel_acc"], "mean_class_acc": s["mean_class_acc"],
+            "iou": dict(zip(names, s["iou"].tolist())), "confusion": conf.tolist()}
+
+
+def language_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
+    return _scores(conf, names)
+
+
+def unsupervised_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
+    """Clusters [K, K] (rows classes, columns clusters) matched one-to-one to classes (Hungarian), then scored."""
+    mapping = hungarian_match(conf)
+    return {**_scores(apply_mapping(conf, mapping), names), "cluster_to_class": mapping.tolist(),
+            "cluster_confusion": conf.tolist()}
+
+
+def unseen_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
+    scores = _scores(conf, names)
+    iou = np.array([scores["iou"][n] for n in names], dtype=np.float64)
+    return {**scores, **seen_unseen_scores(iou, seen), "unseen_classes": [n for n, s in zip(names, seen) if not s]}
+
+
+@dataclass(frozen=True)
+class Task:
+    head: str  # a key of segment.HEADS; tasks with the same head share its predictions
+    baselines: tuple[str, ...]  # keys of segment.METHODS
+    score: Callable[[np.ndarray, list[str], np.ndarray], dict[str, Any]]  # (confusion, names, seen mask)
+    columns: tuple[tuple[str, str], ...]  # report.md (header, score key)
+
+
+TASKS: dict[str, Task] = {
+    "language": Task("language", ("teacher",), language_scores,
+                     (("language mIoU", "miou"), ("language acc", "pixel_acc"))),
+    "unsupervised": Task("clusters", ("pixels", "untrained"), unsupervised_scores,
+                         (("unsupervised mIoU", "miou"), ("unsupervised acc", "pixel_acc"))),
+    "unseen": Task("language", ("teacher",), unseen_scores,
+                   (("mIoU seen", "miou_seen"), ("mIoU unseen", "miou_unseen"), ("hIoU", "hiou"))),
+    "probe": Task("probe", ("untrained",), language_scores, (("probe mIoU", "miou"), ("probe acc", "pixel_acc"))),
+}
+METHOD_TITLES = {"student": "student", "teacher": "CLIP teacher alone (MaskCLIP)",
+                 "pixels": "k-means on raw pixels", "untrained": "untrained network"}
+
+
+# ---------------------------------------------------------------- heads fitted by the driver
+
+
+def train_probe(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, lr: float,
+                batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A linear classifier on frozen pixel embeddings [N, E] (a 1x1 conv on the map) -> weight [K, E], bias [K].
+
+    Cross-entropy with Adam over shuffled mini-batches; IGNORE_INDEX pixels are left out.
+    """
+    keep = labels != IGNORE_INDEX
+    x, y = embeddings[keep].float(), labels[keep]
+    if not len(y):
+        raise ValueError("no labelled pixels to train the probe on")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        layer = nn.Linear(x.shape[1], num_classes)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(batch_size):
+            loss = F.cross_entropy(layer(x[batch]), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return {"weight": layer.weight.detach(), "bias": layer.bias.detach()}
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = field(metadata={"help": "model file (local or URL), or 'teacher' with --clip-model"})
+    dataset: str = field(metadata={"help": "/".join(DATASETS)})
+    data_root: str = field(metadata={"help": "the dataset's folder or prefix (generic: the split's folder)"})
+    output: str = field(metadata={"help": "local folder or fsspec prefix for the report"})
+    task: str = field(default="all", metadata={"help": "/".join([*TASKS, "all"])})
+    split: str = "val"
+    max_images: int = field(default=0, metadata={"help": "first N images of each split; 0 = all"})
+    window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
+    scales: tuple[float, ...] = (1.0,)
+    baselines: bool = True
+    num_panels: int = 4
+    clip_model: str = field(default="", metadata={"help": "open_clip model with --checkpoint teacher"})
+    clip_pretrained: str = field(default="", metadata={"help": "its weights with --checkpoint teacher ('' = random)"})
+    unseen: tuple[str, ...] = field(default=(), metadata={"help": "unseen class names; default: the MaskCLIP+ split"})
+    probe_split: str = "train"
+    probe_root: str = field(default="", metadata={"help": "data root of the probe's split; default --data-root"})
+    probe_epochs: int = 10
+    probe_lr: float = 0.01
+    probe_batch_size: int = 1024
+    num_per_image: int = field(default=512, metadata={"help": "pixels drawn per image to fit clusters and probes"})
+    max_fit_pixels: int = 200_000
+    seed: int = 0
+    num_workers: int = field(default=0, metadata={"help": "actors; 0 = one per GPU, or per CPU"})
+    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
+
+    def __post_init__(self):
+        if self.task not in (*TASKS, "all"):
+            raise ConfigError(f"task must be one of {', '.join([*TASKS, 'all'])}, got {self.task!r}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"scales must be positive, got {self.scales}")
+        for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if "unseen" in self.tasks and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:
+            raise ConfigError(f"{self.dataset} has no built-in zero-shot split: name the unseen classes with --unseen")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(TASKS) if self.task == "all" else (self.task,)
+
+
+@dataclass
+class HeadInputs:
+    """What fitting a head may draw on; the text prototypes are computed once, on first use."""
+
+    cfg: EvalConfig
+    names: list[str]
+    loaded: Loaded
+    samples: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]  # part -> method -> (embeddings, labels)
+
+    @cached_property
+    def prototypes(self) -> torch.Tensor:
+        return text_prototypes(self.loaded.teacher, self.names)
+
+
+# How each head's parameters are made for one method: the class names through the teacher's text
+# encoder (prompt ensembling), k-means over drawn pixel embeddings, or a probe trained on them.
+HEAD_PARAMS: dict[str, Callable[[HeadInputs, str], dict[str, torch.Tensor]]] = {
+    "language": lambda inputs, m: {"prototypes": inputs.prototypes},
+    "clusters": lambda inputs, m: {"centres": fit_clusters(inputs.samples["clusters"][m][0], len(inputs.names),
+                                                           seed=inputs.cfg.seed)},
+    "probe": lambda inputs, m: train_probe(*inputs.samples["probe"][m], len(inputs.names), inputs.cfg.probe_epochs,
+                                           inputs.cfg.probe_lr, inputs.cfg.probe_batch_size, inputs.cfg.seed),
+}
+
+
+def _first(n: int, limit: int) -> range:
+    return range(min(n, limit) if limit else n)
+
+
+def fit_heads(cfg: EvalConfig, data: EvalDataset, methods: dict[str, list[str]], loaded: Loaded, mapper: Mapper,
+              options: InferenceOptions) -> dict[str, Head]:
+    """Every head the tasks need, keyed "HEAD/METHOD"; one pass draws the pixels for clusters and probes."""
+    wanted = {f"{TASKS[t].head}/{m}": Head(m, TASKS[t].head, {}) for t in cfg.tasks for m in methods[t]}
+    sources: dict[str, Any] = {}
+    if any(h.kind == "clusters" for h in wanted.values()):
+        sources["clusters"] = data  # the split being scored: clustering sees no labels
+    if any(h.kind == "probe" for h in wanted.values()):
+        sources["probe"] = open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split)
+    samples = {}
+    if sources:
+        fit_methods = tuple(sorted({h.method for h in wanted.values() if h.kind in sources}))
+        rows = [{"part": p, "index": i} for p, src in sources.items() for i in _first(len(src), cfg.max_images)]
+        work = SampleWork(sources, fit_methods, cfg.num_per_image, options, cfg.seed)
+        samples = gather_samples(mapper(rows, fit_methods, work), cfg.max_fit_pixels, cfg.seed)
+    inputs = HeadInputs(cfg, data.class_names, loaded, samples)
+    return {key: Head(h.method, h.kind, HEAD_PARAMS[h.kind](inputs, h.method)) for key, h in wanted.items()}
+
+
+# ---------------------------------------------------------------- scoring pass
+
+
+@dataclass
+class ScoreWork:
+    """Per row {"index"}: each head's confusion matrix [K, K] on one image, and its labels as PNG for panels."""
+
+    data: EvalDataset
+    heads: dict[str, Head]
+    options: InferenceOptions
+    panel_indices: frozenset[int]
+
+    def __call__(self, models: dict[str, nn.Module], row: dict[str, Any]) -> dict[str, Any]:
+        index = int(row["index"])
+        sample = self.data[index]
+        k = len(self.data.class_names)
+        result: dict[str, Any] = {"index": np.array(index)}
+        for key, labels in predict(models, self.heads, sample.image, self.options).items():
+            result[f"conf/{key}"] = confusion_matrix(labels, sample.mask, k)
+            result[f"png/{key}"] = encode_png(labels) if index in self.panel_indices else b""
+        return result
+
+
+def score_images(results: Iterable[dict[str, Any]], keys: Iterable[str], num_classes: int
+                 ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
+    """Summed confusion matrix per head, and the decoded label maps of the panel images by index."""
+    totals = {key: np.zeros((num_classes, num_classes), np.int64) for key in keys}
+    panels: dict[int, dict[str, np.ndarray]] = {}
+    for r in results:
+        for key in totals:
+            totals[key] += r[f"conf/{key}"]
+            if len(r[f"png/{key}"]):
+                panels.setdefault(int(r["index"]), {})[key] = np.asarray(Image.open(io.BytesIO(r[f"png/{key}"])))
+    return totals, panels
+
+
+def panel_indices(num_images: int, num_panels: int) -> frozenset[int]:
+    """Indices spread evenly over the split."""
+    return frozenset(np.linspace(0, num_images - 1, min(num_panels, num_images)).round().astype(int).tolist())
+
+
+def write_panels(output: str, data: EvalDataset, labels: dict[int, dict[str, np.ndarray]],
+                 methods: dict[str, list[str]], results: dict[str, dict[str, dict]]) -> None:
+    """panels/TASK_NAME.png: image, ground truth and each method's prediction, with a legend."""
+    fs, root = filesystem(join(output, "panels"))
+    fs.makedirs(root, exist_ok=True)
+    for index, by_head in sorted(labels.items()):
+        sample = data[index]
+        for task, by_method in results.items():
+            tiles = [("image", sample.image), ("ground truth", colorize(sample.mask))]
+            present = set(np.unique(sample.mask))
+            for m in methods[task]:
+                pred = by_head[f"{TASKS[task].head}/{m}"]
+                if "cluster_to_class" in by_method[m]:  # show clusters in the colours of their matched classes
+                    pred = np.asarray(by_method[m]["cluster_to_class"])[pred]
+                tiles.append((m, colorize(pred)))
+                present |= set(np.unique(pred))
+            picture = compose(tiles, data.class_names, present)
+            write_bytes_atomic(fs, join(root, f"{task}_{sample.name}.png"), encode_png(picture))
+
+
+# ---------------------------------------------------------------- report
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a class absent from ground truth and prediction) becomes null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """report.md: a row per method, a column per task metric, in percent with one decimal."""
+    results = report["tasks"]
+    columns = [(task, header, key) for task in results for header, key in TASKS[task].columns]
+    methods = [m for m in METHODS if any(m in by_method for by_method in results.values())]
+    lines = [f"# {report['checkpoint']} on {report['dataset']} ({report['split']}, {report['num_images']} images)", ""]
+    if report["teacher"]["random_init"]:
+        lines += [f"**WARNING: the CLIP teacher ({report['teacher']['model']}) has RANDOM weights "
+                  "(pretrained=''): text-driven scores mean nothing.**", ""]
+    lines += ["| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for m in methods:
+        cells = [_percent(results[t][m][k]) if m in results[t] else "-" for t, _, k in columns]
+        lines.append(f"| {METHOD_TITLES[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
+    """Evaluate every task of `cfg`; returns the report (also written to cfg.output)."""
+    spec = ModelSpec(cfg.checkpoint, cfg.clip_model, cfg.clip_pretrained, cfg.seed)
+    if mapper is None:
+        init_ray(cfg.num_cpus or None)
+        mapper = RayMapper(spec, cfg.num_workers)
+    started = time.time()
+    data = open_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    names, indices = data.class_names, _first(len(data), cfg.max_images)
+    unseen = set(cfg.unseen or ZERO_SHOT_UNSEEN.get(cfg.dataset, ()))
+    if "unseen" in cfg.tasks and not unseen <= set(names):
+        raise ConfigError(f"unseen classes {sorted(unseen - set(names))} are not classes of {cfg.dataset}")
+    seen = np.array([n not in unseen for n in names])
+    main_method = spec.main_method
+    methods = {t: [main_method] + [b for b in TASKS[t].baselines if cfg.baselines and b in spec.available
+                                   and b != main_method] for t in cfg.tasks}
+    loaded, options = spec.load(), InferenceOptions(cfg.window, cfg.scales)
+    heads = fit_heads(cfg, data, methods, loaded, mapper, options)
+    work = ScoreWork(data, heads, options, panel_indices(len(indices), cfg.num_panels))
+    all_methods = tuple(sorted({h.method for h in heads.values()}))
+    totals, panel_labels = score_images(mapper([{"index": i} for i in indices], all_methods, work), heads,
+                                        len(names))
+    results = {t: {m: TASKS[t].score(totals[f"{TASKS[t].head}/{m}"], names, seen) for m in methods[t]}
+               for t in cfg.tasks}
+    report = _json_safe({
+        "checkpoint": cfg.checkpoint, "dataset": cfg.dataset, "split": cfg.split, "num_images": len(indices),
+        "class_names": names, "config": dataclasses.asdict(cfg),
+        "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained")},
+        "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
+        "methods": {m: METHOD_TITLES[m] for m in all_methods}, "tasks": results,
+        "seconds": time.time() - started,
+    })
+    fs, root = filesystem(cfg.output)
+    fs.makedirs(root, exist_ok=True)
+    write_json_atomic(fs, join(root, "report.json"), report)
+    table = markdown_table(report)
+    write_bytes_atomic(fs, join(root, "report.md"), table.encode())
+    write_panels(cfg.output, data, panel_labels, methods, results)
+    print(table)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = parse_config(EvalConfig, argv, description=__doc__.split("\n")[0])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The evaluation job: perfect predictions score 100 on every task, and a real tiny model runs end to end on Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from model.checkpoint import save_model
+from model.clip_teacher import TeacherConfig, text_prototypes
+from model.network import ModelOutput, NetworkConfig, build_network
+from pipelines.evaluate import EvalConfig, _json_safe, main, markdown_table, run
+from pipelines.segment import LocalMapper, ModelSpec
+from pipelines.synth import write_corpus
+
+TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
+NAMES = ["sky", "grass", "cat", "road"]
+COLOURS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+PERMUTATION = torch.tensor([2, 0, 3, 1])  # class c is embedded as cluster PERMUTATION[c]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    net = build_network(NetworkConfig(backbone="small", output_stride=8, embedding_dim=16, clip_dim=64,
+                                      projection_hidden=32))
+    path = str(tmp_path_factory.mktemp("model") / "model.pt")
+    save_model(path, net, TEACHER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(str(root), num_train=0, num_val=4, size=64)
+    return root / "val"
+
+
+def flat_colour_dataset(root: Path) -> Path:
+    """Generic layout, lossless PNGs: each class is one flat colour, so the class is readable off a pixel."""
+    for d in ("images", "masks"):
+        (root / d).mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        mask = np.zeros((24, 36), np.uint8)
+        mask[8:, :] = 1
+        mask[10:20, 5 + 8 * i: 17 + 8 * i] = 2
+        mask[20:, 20:] = 3
+        image = (COLOURS.numpy()[mask] * 255).round().astype(np.uint8)
+        mask[rng.random(mask.shape) < 0.05] = 255  # ignored pixels count nowhere
+        Image.fromarray(image).save(root / "images" / f"img{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img{i}.png")
+    return root
+
+
+class Oracle(nn.Module):
+    """A perfect student at stride 1: reads the class off the colour; CLIP output = that class's text
+    prototype, embedding = one-hot of the permuted class (clusters that need matching)."""
+
+    output_stride = 1
+
+    def __init__(self, prototypes: torch.Tensor):
+        super().__init__()
+        self.prototypes = prototypes
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        cls = torch.cdist(images.permute(0, 2, 3, 1), COLOURS).argmin(-1)  # [B, H, W]
+        clip = self.prototypes[cls].permute(0, 3, 1, 2)
+        return ModelOutput(F.one_hot(PERMUTATION[cls], len(NAMES)).permute(0, 3, 1, 2).float(), clip)
+
+
+def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path):
+    data = flat_colour_dataset(tmp_path / "flat")
+    spec = ModelSpec(checkpoint)
+    prototypes = text_prototypes(spec.load().teacher, NAMES)  # the seeded teacher the job itself loads
+    cfg = EvalConfig(checkpoint=checkpoint, dataset="generic", data_root=str(data), output=str(tmp_path / "out"),
+                     baselines=False, unseen=("cat",), num_panels=1, probe_epochs=40, probe_lr=0.1)
+    report = run(cfg, LocalMapper(spec, {"student": Oracle(prototypes)}))
+    tasks = report["tasks"]
+    assert set(tasks) == {"language", "unsupervised", "unseen", "probe"}
+    for task in ("language", "unsupervised", "probe"):
+        assert tasks[task]["student"]["miou"] == pytest.approx(1.0), task
+        assert tasks[task]["student"]["pixel_acc"] == pytest.approx(1.0), task
+    # each class is exactly one cluster, in k-means' own order; the Hungarian matching maps it back
+    clusters = np.array(tasks["unsupervised"]["student"]["cluster_confusion"])
+    assert (np.count_nonzero(clusters, axis=1) == 1).all()
+    mapping = tasks["unsupervised"]["student"]["cluster_to_class"]
+    assert [mapping[j] for j in clusters.argmax(1)] == [0, 1, 2, 3]
+    unseen = tasks["unseen"]["student"]
+    assert unseen["unseen_classes"] == ["cat"]
+    assert unseen["miou_seen"] == unseen["miou_unseen"] == unseen["hiou"] == pytest.approx(1.0)
+    # ignored pixels are in no confusion matrix: the total is the labelled pixel count
+    masks = [np.asarray(Image.open(p)) for p in sorted((data / "masks").glob("*.png"))]
+    assert np.sum(tasks["language"]["student"]["confusion"]) == sum(int((m != 255).sum()) for m in masks)
+    assert "| student | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in \
+        (tmp_path / "out" / "report.md").read_text()
+
+
+def test_markdown_table_in_percent_with_gaps_and_the_random_teacher_warning():
+    report = {"checkpoint": "m.pt", "dataset": "voc20", "split": "val", "num_images": 2,
+              "teacher": {"model": "tiny-rn", "random_init": True},
+              "tasks": {"language": {"student": {"miou": 0.4567, "pixel_acc": 0.9},
+                                     "teacher": {"miou": None, "pixel_acc": 0.25}},
+                        "unsupervised": {"student": {"miou": 0.125, "pixel_acc": 1.0},
+                                         "pixels": {"miou": 0.0, "pixel_acc": 0.5}}}}
+    table = markdown_table(report)
+    assert "RANDOM weights" in table
+    assert "| method | language mIoU | language acc | unsupervised mIoU | unsupervised acc |" in table
+    assert "| student | 45.7 | 90.0 | 12.5 | 100.0 |" in table
+    assert "| CLIP teacher alone (MaskCLIP) | - | 25.0 | - | - |" in table
+    assert "| k-means on raw pixels | - | - | 0.0 | 50.0 |" in table
+    assert _json_safe({"iou": [float("nan"), 0.5]}) == {"iou": [None, 0.5]}
+
+
+def test_a_bad_task_is_a_config_error(checkpoint, corpus, tmp_path):
+    assert main(["--checkpoint", checkpoint, "--dataset", "generic", "--data-root", str(corpus),
+                 "--output", str(tmp_path), "--task", "nope"]) == 2
+    # a generic dataset has no built-in zero-shot split
+    assert main(["--checkpoint", checkpoint, "--dataset", "generic", "--data-root", str(corpus),
+                 "--output", str(tmp_path), "--task", "unseen"]) == 2
+
+
+@pytest.mark.slow
+def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoint, corpus, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", checkpoint, "--dataset", "generic", "--data-root", str(corpus),
+                 "--output", str(out), "--task", "all", "--unseen", "dotted,wavy", "--num-panels", "2",
+                 "--scales", "1.0,1.5", "--window", "48", "--num-workers", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    expected = {"language": {"student", "teacher"}, "unsupervised": {"student", "pixels", "untrained"},
+                "unseen": {"student", "teacher"}, "probe": {"student", "untrained"}}
+    assert {t: set(by_method) for t, by_method in report["tasks"].items()} == expected
+    for task, by_method in report["tasks"].items():
+        for method, scores in by_method.items():
+            assert 0 <= scores["miou"] <= 1 and 0 <= scores["pixel_acc"] <= 1, (task, method)
+            assert set(scores["iou"]) == set(report["class_names"])
+            assert np.sum(scores["confusion"]) == 4 * 64 * 64  # every pixel of the four images
+    assert 0 <= report["tasks"]["unseen"]["student"]["hiou"] <= 1
+    assert report["teacher"]["random_init"] is True and report["network"]["output_stride"] == 8
+    table = (out / "report.md").read_text()
+    assert "RANDOM weights" in table and table.count("\n| ") == 5  # header and four methods
+    panels = sorted(p.name for p in (out / "panels").iterdir())
+    assert panels == sorted(f"{t}_{n}.png" for t in expected for n in ("000000", "000003"))
+    assert Image.open(out / "panels" / "unsupervised_000000.png").size[1] >= 64
+
+    # the teacher by itself, in this process: the same numbers as its baseline row above
+    cfg = EvalConfig(checkpoint="teacher", clip_model="tiny-rn", dataset="generic", data_root=str(corpus),
+                     output=str(tmp_path / "teacher"), task="language", scales=(1.0, 1.5), window=48,
+                     num_panels=0)
+    alone = run(cfg, LocalMapper(ModelSpec("teacher", "tiny-rn")))
+    assert set(alone["tasks"]["language"]) == {"teacher"} and alone["network"] is None
+    assert alone["tasks"]["language"]["teacher"]["miou"] == pytest.approx(
+        report["tasks"]["language"]["teacher"]["miou"], abs=0.02)
