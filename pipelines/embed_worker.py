@@ -100,7 +100,7 @@ class ClipEmbedder:
         """uint8 [N, S, S, 3] -> dense [N, D, g, g] and global [N, D], float32 numpy."""
         dense, pooled = [], []
         for start in range(0, len(canvas), self.batch_size):
-            x = torch.from_numpy(canvas[start:start + self.batch_size]).to(self.device).permute(0, 3, 1, 2)
+            x = torch.tensor(canvas[start:start + self.batch_size], device=self.device).permute(0, 3, 1, 2)
             d, g = dense_and_global(self.teacher, (x.float() / 255 - self.mean) / self.std, self.last_block)
             dense.append(d.cpu().numpy())
             pooled.append(g.cpu().numpy())

@@ -1,0 +1,101 @@
+"""The trainer's typed configuration: one dataclass tree, read from YAML plus `key=value` overrides and
+validated before any worker starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from model.network import NetworkConfig
+from model.objective import LossConfig
+from model.views import ViewConfig
+from pipelines.config import ConfigError
+
+
+@dataclass
+class DataConfig:
+    shards: str = field(metadata={"help": "image shards (pipelines/shard.py output), local or s3://"})
+    clip: str = field(metadata={"help": "sidecars of those shards (pipelines/embed.py output)"})
+    batch_size_per_worker: int = 16  # images; each gives two views
+    num_loader_workers: int = 2  # loader processes per training worker
+    shuffle_buffer: int = 256  # samples
+    max_bad_samples: int = 1000  # a loader worker gives up (the run fails loudly) past this many
+
+    def __post_init__(self):
+        if self.batch_size_per_worker < 1 or self.num_loader_workers < 0 or self.shuffle_buffer < 1:
+            raise ConfigError("data: batch_size_per_worker and shuffle_buffer >= 1, num_loader_workers >= 0")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd (HSG) or adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # the cosine schedule ends at lr * this
+    grad_clip: float = 1.0  # 0 = off
+    grad_accumulation_steps: int = 1
+
+    def __post_init__(self):
+        if self.name not in ("sgd", "adamw"):
+            raise ConfigError(f"optim.name must be sgd or adamw, got {self.name!r}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.grad_accumulation_steps < 1:
+            raise ConfigError("optim: lr > 0, warmup_steps >= 0, grad_clip >= 0, grad_accumulation_steps >= 1")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    resources_per_worker: dict = field(default_factory=dict)  # extra Ray resources, e.g. {"accelerator_type:A10G": 0.01}
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    bf16: bool = True  # on GPUs; CPU runs in fp32 whatever this says
+
+    def __post_init__(self):
+        if self.num_workers < 1 or self.cpus_per_worker < 1:
+            raise ConfigError("scaling: num_workers and cpus_per_worker must be >= 1")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"scaling.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "clips4"
+    storage_path: str = "runs"  # local folder or s3:// prefix: checkpoints and the exported model under NAME/
+    log_dir: str = "runs"  # local folder: NAME/metrics.jsonl and TensorBoard events, written by rank 0
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    checkpoint_every_steps: int = 200
+    num_checkpoints_kept: int = 2
+    log_every_steps: int = 10
+    record_keys: bool = False  # each rank appends its batches' sample keys to log_dir/NAME/keys-rankR.jsonl
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.num_checkpoints_kept < 1:
+            raise ConfigError("run: checkpoint_every_steps, log_every_steps, num_checkpoints_kept must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    epochs: int = 10
+    max_steps: int = 0  # 0 = epochs decide; otherwise stop after this many optimizer steps
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.max_steps < 0:
+            raise ConfigError("epochs must be >= 1 and max_steps >= 0")
+        if self.views.crop_size % self.network.output_stride:
+            raise ConfigError(f"views.crop_size {self.views.crop_size} must be a multiple of "
+                              f"network.output_stride {self.network.output_stride}")
+
+    @property
+    def feature_size(self) -> int:
+        """The student's grid side for a view: CLIP features are resampled onto it."""
+        return self.views.crop_size // self.network.output_stride

@@ -1,0 +1,203 @@
+"""Streaming training data: image shards and their CLIP sidecars read in lockstep by key, split by rank
+and loader worker, shuffled, decoded into two aligned views per image, batched.
+
+Every worker's stream is a pure function of (seed, epoch, rank, worker), so a restart replays it and
+skips the batches already trained on without decoding them: resuming mid-epoch neither repeats nor
+skips a sample. Streams cycle over their shards, so every rank runs the same number of steps. An
+epoch shows every sample exactly once when the shards split evenly over ranks x loader workers;
+otherwise a worker with fewer samples repeats some while another leaves some for later epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from model.views import ViewConfig, collate_views
+from pipelines.embed_worker import read_shard
+from pipelines.images import ResizeSpec, decode_bgr
+from pipelines.manifest import read_manifest
+from pipelines.sidecar import decode_sample, to_canvas
+from pipelines.storage import filesystem, join, read_json
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class ShardPair:
+    name: str
+    sidecar_parts: tuple[str, ...]
+    num_samples: int  # samples with features (the sidecar's count)
+
+
+def list_shards(shards_url: str, clip_url: str) -> list[ShardPair]:
+    """Shards that are complete in both the image dataset and the embed output, in name order."""
+    fs, root = filesystem(clip_url)
+    pairs = []
+    for entry in read_manifest(shards_url)["shards"]:
+        name = entry["name"].removesuffix(".tar")
+        stats_path = join(root, f"{name}_stats.json")
+        if not fs.exists(stats_path):
+            log.warning("shard %s has no finished sidecar yet; left out", name)
+            continue
+        stats = read_json(fs, stats_path)
+        if stats["num_samples"]:
+            pairs.append(ShardPair(name, tuple(p.removesuffix(".tar") for p in stats["parts"]), stats["num_samples"]))
+    if not pairs:
+        raise ValueError(f"no shard of {shards_url} has finished sidecars in {clip_url}")
+    return pairs
+
+
+def epoch_order(shards: list[ShardPair], seed: int, epoch: int) -> list[ShardPair]:
+    """The same permutation on every rank for (seed, epoch)."""
+    order = list(shards)
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def split(items: list, index: int, count: int) -> list:
+    return items[index::count]
+
+
+def steps_per_epoch(shards: list[ShardPair], world_size: int, batch_size: int) -> int:
+    """Steps every rank runs in an epoch: the corpus once over, divided evenly."""
+    return max(1, sum(s.num_samples for s in shards) // (world_size * batch_size))
+
+
+def paired_samples(shards_url: str, clip_url: str, shard: ShardPair) -> Iterator[dict]:
+    """(image bytes, sidecar bytes) per key, in shard order; images without features are passed over."""
+    images = iter(read_shard(shards_url, shard.name))
+    for part in shard.sidecar_parts:
+        for side in read_shard(clip_url, part):
+            image = next(images)
+            while image["__key__"] != side["__key__"]:  # the embed job skipped this one
+                image = next(images)
+            yield {"__key__": side["__key__"], "image": image, "sidecar": side}
+
+
+def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
+    """A shuffle buffer: yields a random one of the last `buffer_size` samples."""
+    buffer: list[dict] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) >= buffer_size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def decode_pair(sample: dict, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> image uint8 [3, S, S] (the embed job's canvas), superpixels [S, S], dense CLIP [D, g, g]."""
+    ext = next(e for e in IMAGE_EXTENSIONS if e in sample["image"])
+    bgr, _ = decode_bgr(sample["image"][ext], ResizeSpec(resize_mode="none"))
+    canvas = to_canvas(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), image_size)
+    side = decode_sample(sample["sidecar"])
+    return (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1), torch.from_numpy(side.superpixels),
+            torch.from_numpy(side.dense))
+
+
+@dataclass
+class StreamSpec:
+    shards_url: str
+    clip_url: str
+    shards: list[ShardPair]
+    image_size: int  # the embed job's canvas
+    batch_size: int
+    shuffle_buffer: int
+    views: ViewConfig
+    feature_size: int
+    seed: int
+    max_bad_samples: int
+
+
+class TrainStream(IterableDataset):
+    """One rank's batches of view pairs, from global batch `start` on, across epochs without end.
+
+    Global batch G is batch G % steps of epoch G // steps. DataLoader hands batch k of a loader to
+    worker k % W, so worker w serves G = start + w, start + w + W, ...; within an epoch those are the
+    batches of one "role" r (j = r, r + W, ...), cut from the shards of that role.
+    """
+
+    def __init__(self, spec: StreamSpec, rank: int, world_size: int, steps: int, start: int = 0):
+        self.spec, self.rank, self.world_size, self.steps, self.start = spec, rank, world_size, steps, start
+
+    def _role_batches(self, epoch: int, role: int, num_roles: int, first: int) -> Iterator[dict]:
+        """Batches j = first, first + W, ... < steps of `role` in `epoch`; earlier ones replayed undecoded."""
+        ordered = epoch_order(self.spec.shards, self.spec.seed, epoch)
+        shards = split(split(ordered, self.rank, self.world_size), role, num_roles)
+        if not shards:
+            raise ValueError(f"rank {self.rank} loader role {role} has no shard: use fewer loader workers or "
+                             f"ranks than the {len(self.spec.shards)} shards")
+        stream_id = ((self.spec.seed * 1_000_003 + epoch) * 10_007 + self.rank) * 101 + role
+        samples = _passes(self.spec, shards, random.Random(stream_id))
+        bad = 0
+        for local, raw in enumerate(_chunks(samples, self.spec.batch_size)):
+            j = role + local * num_roles
+            if j >= self.steps:
+                return
+            if j < first:
+                continue  # trained on before a restart: replayed without decoding
+            decoded, keys = [], []
+            for sample in raw:  # batches are cut from raw samples, so a bad one shrinks its batch only
+                try:
+                    decoded.append(decode_pair(sample, self.spec.image_size))
+                    keys.append(sample["__key__"])
+                except Exception as e:
+                    bad += 1
+                    log.warning("bad sample %s skipped: %s", sample["__key__"], e)
+                    if bad > self.spec.max_bad_samples:
+                        raise RuntimeError(f"more than {self.spec.max_bad_samples} bad samples in one loader") from e
+            if not decoded:
+                raise RuntimeError(f"every sample of batch {j} of epoch {epoch} is bad")
+            rng = random.Random(stream_id * 1_000_003 + j)  # views depend on the batch only
+            yield {**collate_views(decoded, self.spec.views, self.spec.feature_size, rng),
+                   "epoch": epoch, "batch_in_epoch": j, "keys": keys}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        g = self.start + worker  # the first global batch this worker serves
+        while True:
+            epoch, j = divmod(g, self.steps)
+            yield from self._role_batches(epoch, j % num_workers, num_workers, j)
+            next_epoch = (epoch + 1) * self.steps
+            g = next_epoch + (g - next_epoch) % num_workers
+
+
+def _passes(spec: StreamSpec, shards: list[ShardPair], rng: random.Random) -> Iterator[dict]:
+    """A role's samples, shuffled pass after pass over its shards (each pass complete before the next
+    starts), as many passes as needed: every rank runs the same number of steps."""
+    def one_pass() -> Iterator[dict]:
+        for shard in shards:
+            yield from paired_samples(spec.shards_url, spec.clip_url, shard)
+
+    while True:
+        yield from shuffled(one_pass(), spec.shuffle_buffer, rng)
+
+
+def _chunks(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    chunk = []
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+
+
+def make_loader(spec: StreamSpec, rank: int, world_size: int, steps: int, start: int, num_workers: int
+                ) -> DataLoader:
+    """The rank's batches from global batch `start` on, in a fixed order whatever the number of workers."""
+    if len(spec.shards) % (world_size * max(1, num_workers)):
+        log.warning("%d shards do not split evenly over %d ranks x %d loader workers: an epoch will repeat some "
+                    "samples and leave others", len(spec.shards), world_size, max(1, num_workers))
+    stream = TrainStream(spec, rank, world_size, steps, start)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers,
+                      prefetch_factor=4 if num_workers else None, multiprocessing_context="spawn" if num_workers else None)

@@ -1,0 +1,125 @@
+"""The loop every Ray Train worker runs: DeepSpeed engine, streaming batches, losses, checkpoints.
+
+Read top to bottom: build, resume, then epochs of steps; a checkpoint carries the engine state
+(sharded under ZeRO) and the data position, so a restart continues with the next batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import deepspeed
+import ray.train
+import torch
+
+from model.checkpoint import save_model
+from model.network import build_network
+from pipelines.config import build_config
+from pipelines.embed_prototypes import load_prototypes
+from trainer.config import TrainConfig
+from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
+from trainer.metrics_log import MetricsLog
+from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
+
+CHECKPOINT_TAG = "engine"
+
+
+def _targets(clip_url: str) -> torch.Tensor | None:
+    protos = load_prototypes(clip_url)
+    targets = torch.cat([protos["known"], protos["unknown"]]).float()
+    return targets if len(targets) else None
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _save(engine, metrics: dict, client_state: dict) -> None:
+    """Every rank writes its part (ZeRO shards) and reports it; Ray Train merges them into one checkpoint."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag=CHECKPOINT_TAG, client_state=client_state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop(config: dict) -> None:
+    cfg: TrainConfig = build_config(TrainConfig, config["train"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    on_gpu = torch.cuda.is_available() and cfg.scaling.use_gpu
+    device = torch.device("cuda", context.get_local_rank()) if on_gpu else torch.device("cpu")
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+
+    shards = list_shards(cfg.data.shards, cfg.data.clip)
+    steps = steps_per_epoch(shards, world, cfg.data.batch_size_per_worker)
+    micro_steps_total = cfg.max_steps * cfg.optim.grad_accumulation_steps or steps * cfg.epochs
+    optimizer_steps_total = micro_steps_total // cfg.optim.grad_accumulation_steps
+    net = build_network(cfg.network)
+    optimizer = build_optimizer(net, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, cfg.optim.warmup_steps, optimizer_steps_total, cfg.optim.min_lr_ratio))
+    engine, _, _, _ = deepspeed.initialize(model=net, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=deepspeed_config(cfg, on_gpu))
+    targets = _targets(cfg.data.clip)
+    targets = targets.to(device) if targets is not None else None
+
+    micro_step = 0  # batches trained on, over all epochs
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        micro_step = client["micro_step"]
+
+    spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, config["image_size"], cfg.data.batch_size_per_worker,
+                      cfg.data.shuffle_buffer, cfg.views, cfg.feature_size, cfg.run.seed, cfg.data.max_bad_samples)
+    os.makedirs(os.path.join(cfg.run.log_dir, cfg.run.name), exist_ok=True)
+    log = MetricsLog(os.path.join(cfg.run.log_dir, cfg.run.name), optimizer_steps_total, enabled=rank == 0)
+    images_per_micro_step = 2 * cfg.data.batch_size_per_worker * world  # two views per image
+    keys_log = open(os.path.join(cfg.run.log_dir, cfg.run.name, f"keys-rank{rank}.jsonl"), "a") \
+        if cfg.run.record_keys else None
+    # a loader worker needs a shard of its own on every rank
+    loader = make_loader(spec, rank, world, steps, micro_step, min(cfg.data.num_loader_workers, len(shards) // world))
+    waited = computed = 0.0
+    since_log, tick = 0, time.perf_counter()
+    for batch in loader:
+        fetched = time.perf_counter()
+        losses = forward_losses(engine, _to_device(batch, device), targets, cfg)
+        engine.backward(losses["total"])
+        engine.step()
+        micro_step += 1
+        if keys_log:
+            keys_log.write(json.dumps({"micro_step": micro_step, "epoch": batch["epoch"], "keys": batch["keys"]}) + "\n")
+            keys_log.flush()
+        done = time.perf_counter()
+        waited, computed, tick, since_log = waited + fetched - tick, computed + done - fetched, done, since_log + 1
+        last = micro_step >= micro_steps_total
+        if engine.is_gradient_accumulation_boundary():
+            step = micro_step // cfg.optim.grad_accumulation_steps
+            if step % cfg.run.log_every_steps == 0 or last:
+                metrics = {**{f"loss/{k}": v.item() for k, v in losses.items()}, "lr": schedule.get_last_lr()[0],
+                           "epoch": batch["epoch"], "images_per_s": images_per_micro_step * since_log
+                           / max(waited + computed, 1e-9), "data_wait_fraction": waited / max(waited + computed, 1e-9),
+                           "memory_gb": (torch.cuda.max_memory_allocated() if on_gpu else 0) / 1e9}
+                log.log(step, metrics)
+                waited = computed = 0.0
+                since_log = 0
+            if step % cfg.run.checkpoint_every_steps == 0 or last:
+                _save(engine, {"step": step, "loss": losses["total"].item()}, {"micro_step": micro_step})
+        if last:
+            break
+    log.close()
+    if keys_log:
+        keys_log.close()
+    export(engine, cfg, config["teacher"])
+
+
+def export(engine, cfg: TrainConfig, teacher: dict) -> None:
+    """Rank 0 writes the plain weights file inference reads (model/checkpoint.py)."""
+    state = engine._zero3_consolidated_16bit_state_dict() if cfg.scaling.zero_stage == 3 else engine.module.state_dict()
+    if ray.train.get_context().get_world_rank() == 0:
+        net = build_network(cfg.network)
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        save_model(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/model.pt", net, teacher,
+                   prototypes=load_prototypes(cfg.data.clip))

@@ -1,0 +1,74 @@
+"""Train the CLIP-S4 model with Ray Train + DeepSpeed, on one laptop or many GPU nodes.
+
+    python -m trainer.train --config trainer/configs/tiny.yaml data.shards=data/shards data.clip=data/clip
+    ray job submit --working-dir . -- python -m trainer.train --config trainer/configs/gpu.yaml
+
+The config is checked before any worker starts. A run with the same run.name and
+run.storage_path continues from its last checkpoint; failed workers are restarted from it
+(run.max_failures). The exported weights land in STORAGE/NAME/model.pt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import pyarrow.fs
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipelines.config import ConfigError, parse_config
+from pipelines.ray_utils import init_ray
+from pipelines.storage import filesystem, join, read_json
+from trainer.config import TrainConfig
+from trainer.loop import train_loop
+
+
+def storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """Ray Train's storage path and filesystem; fsspec's S3 (and its endpoint settings) for s3:// URLs."""
+    if "://" not in url:
+        return url, None
+    fs, path = filesystem(url)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def run(cfg: TrainConfig) -> ray.train.Result:
+    fs, root = filesystem(cfg.data.clip)
+    embedded = read_json(fs, join(root, "embed_manifest.json"))
+    if embedded["random_init"]:
+        logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)
+    cfg.network.clip_dim = embedded["embed_dim"]  # the projection head speaks the teacher's space
+    init_ray()
+    path, filesystem_ = storage(cfg.run.storage_path)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"train": dataclasses.asdict(cfg), "image_size": embedded["image_size"],
+                           "teacher": {"model": embedded["clip_model"], "pretrained": embedded["pretrained"]}},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name, storage_path=path, storage_filesystem=filesystem_,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept)),
+    )
+    return trainer.fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = run(cfg)
+    print(f"trained: last checkpoint {result.checkpoint.path if result.checkpoint else None}; "
+          f"model file {cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/model.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
