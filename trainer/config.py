@@ -49,12 +49,15 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     resources_per_worker: dict = field(default_factory=dict)  # extra Ray resources, e.g. {"accelerator_type:A10G": 0.01}
+    placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     bf16: bool = True  # on GPUs; CPU runs in fp32 whatever this says
 
     def __post_init__(self):
         if self.num_workers < 1 or self.cpus_per_worker < 1:
             raise ConfigError("scaling: num_workers and cpus_per_worker must be >= 1")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ConfigError(f"scaling.placement_strategy {self.placement_strategy!r} is not a Ray placement strategy")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"scaling.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
 

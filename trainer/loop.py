@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import deepspeed
+import ray
 import ray.train
 import torch
 
@@ -90,7 +91,8 @@ def train_loop(config: dict) -> None:
         engine.step()
         micro_step += 1
         if keys_log:
-            keys_log.write(json.dumps({"micro_step": micro_step, "epoch": batch["epoch"], "keys": batch["keys"]}) + "\n")
+            keys_log.write(json.dumps({"micro_step": micro_step, "epoch": batch["epoch"], "keys": batch["keys"],
+                                       "node": ray.get_runtime_context().get_node_id()}) + "\n")
             keys_log.flush()
         done = time.perf_counter()
         waited, computed, tick, since_log = waited + fetched - tick, computed + done - fetched, done, since_log + 1

@@ -48,6 +48,7 @@ def run(cfg: TrainConfig) -> ray.train.Result:
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            placement_strategy=cfg.scaling.placement_strategy,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=path, storage_filesystem=filesystem_,
