@@ -1,11 +1,14 @@
-"""The main job: from nothing to a dataset (and, as stages land, a trained and evaluated model).
+"""The main job: from nothing to a trained, evaluated model with a report a person can read.
 
-    python pipelines/main.py --name demo            # local Ray, generated corpus
+    python pipelines/main.py --name demo            # local Ray, generated corpus, no downloads
     python pipelines/main.py --name demo --quick    # the short profile the tests use
+    python pipelines/main.py --name real --clip-model ViT-B-16 --clip-pretrained openai ...
     RAY_ADDRESS=auto python pipelines/main.py ...   # on a running cluster
 
-Every stage leaves its result under `runs/NAME/` and is skipped when already complete, so a
-rerun after a kill resumes instead of starting over. Stages today: synthetic corpus, shards.
+Stages: synthetic corpus -> shards -> CLIP teacher (trained here by OpenCLIP's own trainer on
+the captions unless --clip-pretrained is given; cached by its recipe) -> CLIP precompute -> training
+(Ray Train + DeepSpeed, two workers) -> evaluation -> runs/NAME/report.md. Every stage skips what is
+already done, so rerunning after a kill resumes, and a finished run is not redone.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from pipelines import shard, synth
-from pipelines.config import ConfigError, parse_config
+from pipelines import embed, evaluate, shard, synth
+from pipelines.config import ConfigError, build_config, parse_config
+from pipelines.report import write_report
 from pipelines.storage import filesystem, join
+from pipelines.teacher import TeacherRecipe, ensure_teacher
 
 log = logging.getLogger("main")
 
@@ -25,40 +30,82 @@ log = logging.getLogger("main")
 class MainConfig:
     name: str = field(default="demo", metadata={"help": "run name: outputs go to runs/NAME"})
     runs_root: str = "runs"
-    quick: bool = field(default=False, metadata={"help": "a small corpus for a fast end-to-end check"})
+    quick: bool = field(default=False, metadata={"help": "the short profile: small corpus, short training"})
     num_train: int = 3000
     num_val: int = 200
+    num_probe: int = 100
     image_size: int = 128
     samples_per_shard: int = 500
+    clip_model: str = field(default="tiny-rn", metadata={"help": "open_clip architecture of the teacher"})
+    clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = train one here"})
+    teacher_epochs: int = 12
+    unseen: tuple[str, ...] = field(default=("zigzag",), metadata={"help": "class names training never sees"})
+    train_config: str = "trainer/configs/tiny.yaml"
+    train_epochs: int = 6
     num_cpus: int = 0
 
     def __post_init__(self):
         if self.quick:
-            self.num_train, self.num_val, self.samples_per_shard = 300, 40, 100
-        if min(self.num_train, self.num_val, self.image_size, self.samples_per_shard) < 1:
-            raise ConfigError("num_train, num_val, image_size and samples_per_shard must be positive")
+            self.num_train, self.num_val, self.num_probe, self.samples_per_shard = 400, 32, 32, 50
+            self.teacher_epochs, self.train_epochs = 4, 6
+        if min(self.num_train, self.num_val, self.image_size, self.samples_per_shard, self.teacher_epochs) < 1:
+            raise ConfigError("num_train, num_val, image_size, samples_per_shard and teacher_epochs must be positive")
+        unknown = set(self.unseen) - set(synth.CLASSES)
+        if unknown:
+            raise ConfigError(f"unseen names {sorted(unknown)} are not classes of the corpus {synth.CLASSES}")
 
-    @property
-    def root(self) -> str:
-        return join(self.runs_root, self.name)
+    def path(self, *parts: str) -> str:
+        return join(self.runs_root, self.name, *parts)
 
 
 def stage_corpus(cfg: MainConfig) -> None:
-    fs, root = filesystem(cfg.root)
-    marker = join(root, "corpus", "_SUCCESS")
+    fs, _ = filesystem(cfg.path())
+    marker = cfg.path("corpus", "_SUCCESS")
     if fs.exists(marker):
         log.info("corpus: already generated")
         return
-    synth.write_corpus(join(root, "corpus"), cfg.num_train, cfg.num_val, cfg.image_size)
+    synth.write_corpus(cfg.path("corpus"), cfg.num_train, cfg.num_val, cfg.image_size, num_probe=cfg.num_probe)
     fs.pipe_file(marker, b"")
-    log.info("corpus: %d training and %d validation scenes", cfg.num_train, cfg.num_val)
 
 
 def stage_shards(cfg: MainConfig) -> dict:
     return shard.run(shard.ShardConfig(
-        input=join(cfg.root, "corpus", "train"), output=join(cfg.root, "shards"),
-        samples_per_shard=cfg.samples_per_shard, image_size=cfg.image_size, resize_mode="none",
-        num_cpus=cfg.num_cpus))
+        input=cfg.path("corpus", "train"), output=cfg.path("shards"), samples_per_shard=cfg.samples_per_shard,
+        image_size=cfg.image_size, resize_mode="none", num_cpus=cfg.num_cpus))
+
+
+def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
+    fs, _ = filesystem(cfg.path())
+    seen = [c for c in synth.CLASSES if c not in cfg.unseen]
+    fs.pipe_file(cfg.path("seen_classes.txt"), ("\n".join(seen) + "\n").encode())
+    return embed.run(embed.EmbedConfig(input=cfg.path("shards"), output=cfg.path("clip"), clip_model=cfg.clip_model,
+                                       clip_pretrained=pretrained, classes=cfg.path("seen_classes.txt"),
+                                       num_unknown=8, num_cpus=cfg.num_cpus))
+
+
+def stage_train(cfg: MainConfig) -> str:
+    from trainer import train
+
+    model_file = cfg.path("train", cfg.name, "model.pt")
+    fs, _ = filesystem(model_file)
+    if fs.exists(model_file):
+        log.info("train: %s exists", model_file)
+        return model_file
+    train_cfg = parse_config(train.TrainConfig, ["--config", cfg.train_config,
+                                                 f"data.shards={cfg.path('shards')}", f"data.clip={cfg.path('clip')}",
+                                                 f"epochs={cfg.train_epochs}", f"run.name={cfg.name}",
+                                                 f"run.storage_path={cfg.path('train')}", f"run.log_dir={cfg.path('logs')}"])
+    result = train.run(train_cfg)
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    return model_file
+
+
+def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
+    return evaluate.run(build_config(evaluate.EvalConfig, {
+        "checkpoint": model_file, "dataset": "generic", "data_root": cfg.path("corpus", "val"),
+        "output": cfg.path("eval"), "unseen": cfg.unseen, "probe_root": cfg.path("corpus", "probe"),
+        "num_panels": 4, "num_cpus": cfg.num_cpus}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +117,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stage_corpus(cfg)
     manifest = stage_shards(cfg)
-    print(f"\nrun {cfg.name}: {manifest['num_samples']} training images in {manifest['num_shards']} shards "
-          f"under {join(cfg.root, 'shards')}")
-    print("not built yet: CLIP precompute, training and evaluation stages (issues 3-7)")
-    return 1 if manifest.get("failed") else 0
+    if manifest.get("failed"):
+        return 1
+    recipe = TeacherRecipe(cfg.clip_model, cfg.teacher_epochs, cfg.num_train, cfg.image_size)
+    pretrained, teacher_note = (cfg.clip_pretrained, f"given: {cfg.clip_pretrained}") if cfg.clip_pretrained \
+        else ensure_teacher(recipe, cfg.path("shards"), join(cfg.runs_root, "_teachers"))
+    if not stage_embed(cfg, pretrained)["complete"]:
+        return 1
+    model_file = stage_train(cfg)
+    report = stage_evaluate(cfg, model_file)
+    path = write_report(cfg.path(), report, teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"))
+    print(open(path).read())
+    print(f"report: {path}")
+    return 0
 
 
 if __name__ == "__main__":

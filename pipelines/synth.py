@@ -122,22 +122,32 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, seed: int = 0) -> None:
-    """Write the unlabelled training images (with captions) and the labelled validation set."""
+def write_labelled(output: str, split: str, count: int, first_seed: int, size: int) -> None:
+    """The generic evaluation layout under SPLIT/: images/NAME.jpg, masks/NAME.png, classes.txt."""
+    fs, root = fsspec.core.url_to_fs(output)
+    root = f"{root.rstrip('/')}/{split}"
+    for sub in ("images", "masks"):
+        fs.makedirs(f"{root}/{sub}", exist_ok=True)
+    for i in range(count):
+        scene = render_scene(first_seed + i, size)
+        fs.pipe_file(f"{root}/images/{i:06d}.jpg", _encode(scene.image, "JPEG"))
+        fs.pipe_file(f"{root}/masks/{i:06d}.png", _encode(scene.mask, "PNG"))
+    fs.pipe_file(f"{root}/classes.txt", ("\n".join(CLASSES) + "\n").encode())
+
+
+def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, seed: int = 0, num_probe: int = 0) -> None:
+    """Unlabelled training images with captions (train/), the labelled validation set (val/) and,
+    optionally, a labelled set to fit linear probes on (probe/); disjoint seed ranges keep them apart."""
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
-    for split in ("train", "val/images", "val/masks"):
-        fs.makedirs(f"{root}/{split}", exist_ok=True)
+    fs.makedirs(f"{root}/train", exist_ok=True)
     for i in range(num_train):
         scene = render_scene(seed * 1_000_003 + i, size)
         fs.pipe_file(f"{root}/train/{i:06d}.jpg", _encode(scene.image, "JPEG"))
         fs.pipe_file(f"{root}/train/{i:06d}.txt", scene.caption.encode())
-    for i in range(num_val):
-        # a disjoint seed range keeps validation scenes out of the training corpus
-        scene = render_scene(seed * 1_000_003 + 500_000 + i, size)
-        fs.pipe_file(f"{root}/val/images/{i:06d}.jpg", _encode(scene.image, "JPEG"))
-        fs.pipe_file(f"{root}/val/masks/{i:06d}.png", _encode(scene.mask, "PNG"))
-    fs.pipe_file(f"{root}/val/classes.txt", ("\n".join(CLASSES) + "\n").encode())
+    write_labelled(output, "val", num_val, seed * 1_000_003 + 500_000, size)
+    if num_probe:
+        write_labelled(output, "probe", num_probe, seed * 1_000_003 + 700_000, size)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,10 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="local folder or fsspec URL")
     parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--num-probe", type=int, default=0, help="labelled scenes for linear probes")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    write_corpus(args.output, args.num_train, args.num_val, args.size, args.seed)
+    write_corpus(args.output, args.num_train, args.num_val, args.size, args.seed, args.num_probe)
     print(f"wrote {args.num_train} training and {args.num_val} validation scenes to {args.output}")
 
 

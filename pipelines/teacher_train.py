@@ -1,0 +1,14 @@
+"""OpenCLIP's own trainer (open_clip_train) with this repo's tiny model configs registered.
+
+    python -m pipelines.teacher_train --model tiny-rn --train-data 'shards/{00000..00005}.tar' ...
+
+Every flag is open_clip_train's; the only addition is that `model/clip_configs/` is known to it.
+"""
+
+import sys
+
+import model.clip_teacher  # noqa: F401  (registers model/clip_configs with open_clip)
+from open_clip_train.main import main
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
