@@ -19,10 +19,13 @@ class DataConfig:
     num_loader_workers: int = 2  # loader processes per training worker
     shuffle_buffer: int = 256  # samples
     max_bad_samples: int = 1000  # a loader worker gives up (the run fails loudly) past this many
+    in_memory_batches: int = 0  # >0: load this many batches once and cycle them (benchmarks: no data cost)
 
     def __post_init__(self):
-        if self.batch_size_per_worker < 1 or self.num_loader_workers < 0 or self.shuffle_buffer < 1:
-            raise ConfigError("data: batch_size_per_worker and shuffle_buffer >= 1, num_loader_workers >= 0")
+        if self.batch_size_per_worker < 1 or self.num_loader_workers < 0 or self.shuffle_buffer < 1 \
+                or self.in_memory_batches < 0:
+            raise ConfigError("data: batch_size_per_worker and shuffle_buffer >= 1, num_loader_workers and "
+                              "in_memory_batches >= 0")
 
 
 @dataclass

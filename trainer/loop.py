@@ -6,6 +6,7 @@ Read top to bottom: build, resume, then epochs of steps; a checkpoint carries th
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -82,6 +83,8 @@ def train_loop(config: dict) -> None:
         if cfg.run.record_keys else None
     # a loader worker needs a shard of its own on every rank
     loader = make_loader(spec, rank, world, steps, micro_step, min(cfg.data.num_loader_workers, len(shards) // world))
+    if cfg.data.in_memory_batches:
+        loader = itertools.cycle(list(itertools.islice(loader, cfg.data.in_memory_batches)))
     waited = computed = 0.0
     since_log, tick = 0, time.perf_counter()
     for batch in loader:

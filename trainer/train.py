@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 
 import pyarrow.fs
@@ -33,7 +34,14 @@ def storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
+def _absolute(url: str) -> str:
+    """Workers do not share the driver's working directory: local paths are made absolute here."""
+    return url if "://" in url else os.path.abspath(url)
+
+
 def run(cfg: TrainConfig) -> ray.train.Result:
+    cfg.data.shards, cfg.data.clip = _absolute(cfg.data.shards), _absolute(cfg.data.clip)
+    cfg.run.storage_path, cfg.run.log_dir = _absolute(cfg.run.storage_path), _absolute(cfg.run.log_dir)
     fs, root = filesystem(cfg.data.clip)
     embedded = read_json(fs, join(root, "embed_manifest.json"))
     if embedded["random_init"]:
