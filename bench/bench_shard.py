@@ -163,7 +163,7 @@ def main() -> None:
     results["floor"] = floor(files[: args.floor_images], args.cores)
     Path(args.out).write_text(json.dumps(results, indent=1))
     rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "wall_s" in v]
-    print(f"| tool | whole process (s) | steady images/s | written |\n|---|---|---|---|")
+    print("| tool | whole process (s) | steady images/s | written |\n|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['wall_s']:.1f} | {r['steady_images_per_s']:.0f} | {r['written']} |")
     for name, f in results["floor"].items():

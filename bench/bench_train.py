@@ -141,7 +141,7 @@ def main() -> None:
     server.stop()
 
     base = results["bare loop, in memory"]["images_per_s"]
-    print(f"\n| setting | images/s | vs bare loop | data wait |\n|---|---|---|---|")
+    print("\n| setting | images/s | vs bare loop | data wait |\n|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images_per_s']:.1f} | {r['images_per_s'] / base:.2f} | {100 * r['data_wait']:.1f}% |")
     s3, local = results["trainer, S3 (loopback)"], results["trainer, local shards"]

@@ -37,8 +37,9 @@ from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, seg
 from pipelines.config import ConfigError, parse_config
 from pipelines.datasets import DATASETS, IGNORE_INDEX, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
 from pipelines.ray_utils import init_ray
-from pipelines.segment import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,
-                               colorize, compose, encode_png, gather_samples, predict)
+from pipelines.pictures import colorize, compose, encode_png
+from pipelines.predict import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,
+                               gather_samples, predict)
 from pipelines.storage import filesystem, join, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger("evaluate")

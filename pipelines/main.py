@@ -39,6 +39,7 @@ class MainConfig:
     clip_model: str = field(default="tiny-rn", metadata={"help": "open_clip architecture of the teacher"})
     clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = train one here"})
     teacher_epochs: int = 12
+    clip_storage: str = field(default="float16", metadata={"help": "sidecar form: float16 or int8"})
     unseen: tuple[str, ...] = field(default=("zigzag",), metadata={"help": "class names training never sees"})
     train_config: str = "trainer/configs/tiny.yaml"
     train_epochs: int = 6
@@ -80,7 +81,7 @@ def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
     fs.pipe_file(cfg.path("seen_classes.txt"), ("\n".join(seen) + "\n").encode())
     return embed.run(embed.EmbedConfig(input=cfg.path("shards"), output=cfg.path("clip"), clip_model=cfg.clip_model,
                                        clip_pretrained=pretrained, classes=cfg.path("seen_classes.txt"),
-                                       num_unknown=8, num_cpus=cfg.num_cpus))
+                                       storage=cfg.clip_storage, num_unknown=8, num_cpus=cfg.num_cpus))
 
 
 def stage_train(cfg: MainConfig) -> str:

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
 from pipelines import embed, shard

@@ -17,7 +17,7 @@ from model.checkpoint import save_model
 from model.clip_teacher import TeacherConfig, text_prototypes
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines.evaluate import EvalConfig, _json_safe, main, markdown_table, run
-from pipelines.segment import LocalMapper, ModelSpec
+from pipelines.predict import LocalMapper, ModelSpec
 from pipelines.synth import write_corpus
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only

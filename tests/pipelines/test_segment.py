@@ -15,9 +15,10 @@ from torch import nn
 from model.checkpoint import save_model
 from model.clip_teacher import TeacherConfig
 from model.network import ModelOutput, NetworkConfig, build_network
-from pipelines.segment import (Head, InferenceOptions, LocalMapper, ModelSpec, RawPixels, SegmentConfig, colorize,
-                               grid_samples, list_images, main, multiscale_outputs, overlay_image, palette, predict,
-                               run)
+from pipelines.pictures import colorize, overlay_image, palette
+from pipelines.predict import (Head, InferenceOptions, LocalMapper, ModelSpec, RawPixels, grid_samples, multiscale_outputs,
+                               predict)
+from pipelines.segment import SegmentConfig, list_images, main, run
 from pipelines.synth import write_corpus
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only

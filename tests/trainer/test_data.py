@@ -1,7 +1,6 @@
 """The streaming loader: deterministic order, exact resume, even steps across ranks, bad samples skipped."""
 
 import io
-import json
 import tarfile
 
 import pytest
