@@ -113,6 +113,8 @@ def run(cfg: EmbedConfig) -> dict:
         "grid": image_size // teacher.patch_size, "embed_dim": teacher.embed_dim, "storage": cfg.storage,
         "chunk_size": cfg.chunk_size, "superpixels": asdict(cfg.superpixels), "input": cfg.input,
     }
+    names = read_class_names(cfg.classes) if cfg.classes else []
+    manifest["classes"] = names  # prototypes are built once: other names need another output
     check_manifest(cfg.output, manifest)
     shards = {s["name"].removesuffix(".tar"): s["num_samples"] for s in read_manifest(cfg.input)["shards"]}
     pending = [name for name in shards if not is_committed(cfg.output, name)]
@@ -141,7 +143,6 @@ def run(cfg: EmbedConfig) -> dict:
     all_parts = [p for s in all_stats for p in s["parts"]]
     complete = len(all_stats) == len(shards)
     if complete and not fs.exists(join(root, PROTOTYPES)):
-        names = read_class_names(cfg.classes) if cfg.classes else []
         features = sample_dense(cfg.output, all_parts, cfg.unknown_sample_images, cfg.unknown_max_vectors, cfg.seed)
         protos = build_prototypes(teacher, names, features, cfg.num_unknown, cfg.unknown_max_similarity, cfg.seed)
         save_prototypes(cfg.output, protos)

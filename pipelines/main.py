@@ -40,15 +40,16 @@ class MainConfig:
     clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = train one here"})
     teacher_epochs: int = 12
     clip_storage: str = field(default="float16", metadata={"help": "sidecar form: float16 or int8"})
-    unseen: tuple[str, ...] = field(default=("zigzag",), metadata={"help": "class names training never sees"})
+    # the tiny teacher cannot tell zigzag at all (0.7 IoU alone), so a class it half knows is held back
+    unseen: tuple[str, ...] = field(default=("dotted",), metadata={"help": "class names training never sees"})
     train_config: str = "trainer/configs/tiny.yaml"
     train_epochs: int = 6
     num_cpus: int = 0
 
     def __post_init__(self):
         if self.quick:
-            self.num_train, self.num_val, self.num_probe, self.samples_per_shard = 400, 32, 32, 50
-            self.teacher_epochs, self.train_epochs = 4, 6
+            self.num_train, self.num_val, self.num_probe, self.samples_per_shard = 1000, 40, 40, 125
+            self.teacher_epochs, self.train_epochs = 12, 16
         if min(self.num_train, self.num_val, self.image_size, self.samples_per_shard, self.teacher_epochs) < 1:
             raise ConfigError("num_train, num_val, image_size, samples_per_shard and teacher_epochs must be positive")
         unknown = set(self.unseen) - set(synth.CLASSES)

@@ -84,7 +84,9 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
     assert again["complete"] and again["images_per_s"] == 0
     assert {p: os.path.getmtime(root / "clip" / p) for p in os.listdir(root / "clip")} == before
     with pytest.raises(ConfigError, match="storage"):
-        embed.run(embed_cfg(shards_url, out, storage="int8"))
+        embed.run(embed_cfg(shards_url, out, storage="int8", classes=str(root / "classes.txt")))
+    with pytest.raises(ConfigError, match="classes"):  # prototypes of other names need another output
+        embed.run(embed_cfg(shards_url, out))
 
 
 def test_int8_storage_is_smaller_and_close(shards):
