@@ -61,7 +61,8 @@ class EmbedConfig:
     chunk_size: int = 256
     num_model_actors: int = field(default=0, metadata={"help": "0 = one per GPU, or one on a CPU-only cluster"})
     cpus_per_actor: int = 1
-    threads_per_actor: int = field(default=0, metadata={"help": "torch threads in an actor; 0 = torch's default"})
+    threads_per_actor: int = field(default=0, metadata={"help": "torch threads in an actor; 0 = all cores on a "
+                                                                "CPU node, torch's default on a GPU"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all"})
 

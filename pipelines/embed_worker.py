@@ -8,6 +8,7 @@ shard is there.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -88,9 +89,12 @@ class ClipEmbedder:
     """A Ray Data actor: holds the teacher once, embeds a chunk in batches and publishes its part."""
 
     def __init__(self, teacher: TeacherConfig, spec: EmbedSpec, batch_size: int, last_block: str, num_threads: int):
-        if num_threads:
-            torch.set_num_threads(num_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Ray pins a 1-CPU actor to one thread; on a CPU node the model is the work, so it takes
+        # every core unless told otherwise (the decode tasks beside it are a small fraction)
+        threads = num_threads or (0 if self.device == "cuda" else os.cpu_count())
+        if threads:
+            torch.set_num_threads(threads)
         self.teacher = load_teacher(teacher, self.device)
         self.spec, self.batch_size, self.last_block = spec, batch_size, last_block
         self.mean = torch.tensor(self.teacher.mean, device=self.device).view(1, 3, 1, 1)
