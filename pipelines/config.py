@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
+import sys
 import types
 import typing
 from typing import Any, TypeVar
@@ -114,6 +116,17 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
         key, value = item.split("=", 1)
         _set_dotted(values, key, yaml.safe_load(value) if value else "")
     return build_config(cls, values)
+
+
+def job_config(cls: type[T], argv: list[str] | None, doc: str) -> T | None:
+    """A job's start: logging on, then its config from the command line; None (after one line on
+    stderr) when the config is wrong, so `main` returns exit status 2 before any work starts."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return parse_config(cls, argv, description=doc.split("\n")[0])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

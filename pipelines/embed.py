@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig, load_teacher
 from model.superpixels import SuperpixelConfig
-from pipelines.config import ConfigError, parse_config
+from pipelines.config import ConfigError, job_config
 from pipelines.embed_prototypes import (PROTOTYPES, build_prototypes, read_class_names, sample_dense,
                                         save_prototypes)
 from pipelines.embed_worker import ClipEmbedder, EmbedSpec, commit_shard, num_parts, prepare_chunks
@@ -164,11 +164,12 @@ def run(cfg: EmbedConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = job_config(EmbedConfig, argv, __doc__)
+    if cfg is None:
+        return 2
     try:
-        cfg = parse_config(EmbedConfig, argv, description=__doc__.split("\n")[0])
         result = run(cfg)
-    except ConfigError as e:
+    except ConfigError as e:  # the output holds features made another way
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if result["complete"] else 1

@@ -34,7 +34,7 @@ from model.clip_teacher import text_prototypes
 from model.inference import fit_clusters
 from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, segmentation_scores,
                            seen_unseen_scores)
-from pipelines.config import ConfigError, parse_config
+from pipelines.config import ConfigError, job_config
 from pipelines.datasets import DATASETS, IGNORE_INDEX, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
 from pipelines.ray_utils import init_ray
 from pipelines.pictures import colorize, compose, encode_png
@@ -350,11 +350,8 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = parse_config(EvalConfig, argv, description=__doc__.split("\n")[0])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = job_config(EvalConfig, argv, __doc__)
+    if cfg is None:
         return 2
     run(cfg)
     return 0

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 from pipelines import embed, evaluate, shard, synth
-from pipelines.config import ConfigError, build_config, parse_config
+from pipelines.config import ConfigError, build_config, job_config, parse_config
 from pipelines.report import write_report
 from pipelines.storage import filesystem, join
 from pipelines.teacher import TeacherRecipe, ensure_teacher
@@ -111,11 +111,8 @@ def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = parse_config(MainConfig, argv, description=__doc__.split("\n")[0])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = job_config(MainConfig, argv, __doc__)
+    if cfg is None:
         return 2
     stage_corpus(cfg)
     manifest = stage_shards(cfg)

@@ -26,7 +26,7 @@ from torch import nn
 
 from model.clip_teacher import text_prototypes
 from model.inference import classfree_names, fit_clusters
-from pipelines.config import ConfigError, parse_config
+from pipelines.config import ConfigError, job_config
 from pipelines.datasets import IGNORE_INDEX, Sample
 from pipelines.pictures import compose, encode_png, overlay_image
 from pipelines.predict import (Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples,
@@ -180,11 +180,8 @@ def run(cfg: SegmentConfig, mapper: Mapper | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = parse_config(SegmentConfig, argv, description=__doc__.split("\n")[0])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = job_config(SegmentConfig, argv, __doc__)
+    if cfg is None:
         return 2
     run(cfg)
     return 0

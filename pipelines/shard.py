@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import ray
 from tqdm import tqdm
 
-from pipelines.config import ConfigError, parse_config
+from pipelines.config import ConfigError, job_config
 from pipelines.dedup import start_dedup
 from pipelines.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from pipelines.manifest import write_manifest
@@ -120,11 +120,8 @@ def run(cfg: ShardConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = parse_config(ShardConfig, argv, description=__doc__.split("\n")[0])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = job_config(ShardConfig, argv, __doc__)
+    if cfg is None:
         return 2
     manifest = run(cfg)
     return 1 if manifest.get("failed") else 0

@@ -19,7 +19,7 @@ import pyarrow.fs
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipelines.config import ConfigError, parse_config
+from pipelines.config import job_config
 from pipelines.ray_utils import init_ray
 from pipelines.storage import filesystem, join, read_json
 from trainer.config import TrainConfig
@@ -67,11 +67,8 @@ def run(cfg: TrainConfig) -> ray.train.Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = parse_config(TrainConfig, argv, description=__doc__.split("\n")[0])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = job_config(TrainConfig, argv, __doc__)
+    if cfg is None:
         return 2
     result = run(cfg)
     print(f"trained: last checkpoint {result.checkpoint.path if result.checkpoint else None}; "
