@@ -87,6 +87,8 @@ class TrainConfig:
     data: DataConfig
     epochs: int = 10
     max_steps: int = 0  # 0 = epochs decide; otherwise stop after this many optimizer steps
+    refresh_unknown_every_steps: int = 0  # 0 = keep the embed job's unknown prototypes
+    refresh_num_unknown: int = 8  # k-means centres tried at each refresh
     network: NetworkConfig = field(default_factory=NetworkConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -95,8 +97,8 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):
-        if self.epochs < 1 or self.max_steps < 0:
-            raise ConfigError("epochs must be >= 1 and max_steps >= 0")
+        if self.epochs < 1 or self.max_steps < 0 or self.refresh_unknown_every_steps < 0 or self.refresh_num_unknown < 1:
+            raise ConfigError("epochs >= 1, max_steps >= 0, refresh_unknown_every_steps >= 0, refresh_num_unknown >= 1")
         if self.views.crop_size % self.network.output_stride:
             raise ConfigError(f"views.crop_size {self.views.crop_size} must be a multiple of "
                               f"network.output_stride {self.network.output_stride}")

@@ -24,13 +24,13 @@ from pipelines.embed_prototypes import load_prototypes
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
 from trainer.metrics_log import MetricsLog
+from trainer.unknown import UnknownRefresher
 from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
 
 CHECKPOINT_TAG = "engine"
 
 
-def _targets(clip_url: str) -> torch.Tensor | None:
-    protos = load_prototypes(clip_url)
+def _targets(protos: dict) -> torch.Tensor | None:
     targets = torch.cat([protos["known"], protos["unknown"]]).float()
     return targets if len(targets) else None
 
@@ -64,8 +64,11 @@ def train_loop(config: dict) -> None:
         s, cfg.optim.warmup_steps, optimizer_steps_total, cfg.optim.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=net, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, on_gpu))
-    targets = _targets(cfg.data.clip)
+    protos = load_prototypes(cfg.data.clip)
+    targets = _targets(protos)
     targets = targets.to(device) if targets is not None else None
+    refresher = UnknownRefresher(protos["known"], cfg.refresh_num_unknown, protos["max_similarity"],
+                                 seed=cfg.run.seed) if cfg.refresh_unknown_every_steps else None
 
     micro_step = 0  # batches trained on, over all epochs
     checkpoint = ray.train.get_checkpoint()
@@ -89,6 +92,8 @@ def train_loop(config: dict) -> None:
     since_log, tick = 0, time.perf_counter()
     for batch in loader:
         fetched = time.perf_counter()
+        if refresher:
+            refresher.observe(batch["clip"])
         losses = forward_losses(engine, _to_device(batch, device), targets, cfg)
         engine.backward(losses["total"])
         engine.step()
@@ -110,6 +115,8 @@ def train_loop(config: dict) -> None:
                 log.log(step, metrics)
                 waited = computed = 0.0
                 since_log = 0
+            if refresher and step % cfg.refresh_unknown_every_steps == 0:
+                targets = refresher.refresh().to(device)
             if step % cfg.run.checkpoint_every_steps == 0 or last:
                 _save(engine, {"step": step, "loss": losses["total"].item()}, {"micro_step": micro_step})
         if last:

@@ -112,11 +112,11 @@ def find_class(path: Path, name: str) -> tuple[Path, ast.ClassDef]:
 
 
 def config_class(path: Path) -> str:
-    """The dataclass an entry point hands to `parse_config`."""
+    """The dataclass an entry point hands to `job_config` (or `parse_config`)."""
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "parse_config":
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("job_config", "parse_config"):
             return node.args[0].id
-    raise AssertionError(f"{path} does not call parse_config")
+    raise AssertionError(f"{path} does not call job_config or parse_config")
 
 
 def check_key(path: Path, class_name: str, dotted: str) -> None:

@@ -4,6 +4,7 @@ int8 storage, bad samples, reruns, S3, a checkpoint through --clip-pretrained, a
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -22,6 +23,7 @@ from pipelines.embed_worker import read_shard
 from pipelines.sidecar import decode_sample, to_canvas
 from pipelines.storage import filesystem, join, read_json
 from pipelines.synth import CLASSES, write_corpus
+from tests.pipelines.test_shard import settled_count
 
 
 @pytest.fixture(scope="module")
@@ -152,16 +154,16 @@ def test_killed_job_resumes_and_every_key_is_embedded_once(shards, tmp_path):
     root, shards_url = shards
     out = tmp_path / "clip"
     cmd = [sys.executable, "pipelines/embed.py", "--input", shards_url, "--output", str(out), "--chunk-size", "1",
-           "--batch-size", "1", "--num-unknown", "0", "--num-cpus", "2"]
+           "--batch-size", "1", "--num-unknown", "0", "--num-cpus", "2", "--threads-per-actor", "1"]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*-*_stats.json"))) < 3:
-        time.sleep(0.2)
-    proc.kill()
+    while time.time() < deadline and not list(out.glob("*-*_stats.json")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
-    parts_before = len(list(out.glob("*-*_stats.json")))
-    assert 3 <= parts_before < 12, "the kill should land mid-run"
+    parts_before = settled_count(out, "*-*_stats.json")
+    assert 1 <= parts_before < 12, "the kill should land mid-run"
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     for name in ("00000", "00001", "00002"):
         keys = [s["__key__"] for s in sidecar_samples(str(out), name)]

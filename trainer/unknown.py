@@ -1,0 +1,43 @@
+"""Refreshing the unknown prototypes during training, from the dense CLIP features the batches carry.
+
+The embed job finds unknown prototypes once, over a sample of the corpus; with a refresh interval
+the trainer redoes that search on the features it has recently trained on. Rank 0's result is
+broadcast so every rank trains against the same targets. The reservoir is not checkpointed: a
+resumed run refills it, so its refreshed prototypes can differ from an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from model.prototypes import discover_unknown
+
+
+class UnknownRefresher:
+    def __init__(self, known: torch.Tensor, num_unknown: int, max_similarity: float, max_vectors: int = 50_000,
+                 vectors_per_batch: int = 1024, seed: int = 0):
+        self.known, self.num_unknown, self.max_similarity = known.float().cpu(), num_unknown, max_similarity
+        self.max_vectors, self.vectors_per_batch, self.seed = max_vectors, vectors_per_batch, seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer: list[torch.Tensor] = []
+
+    def observe(self, clip: torch.Tensor) -> None:
+        """Keep a random sample of a batch's teacher vectors [V, D, h, w]; the oldest go first."""
+        vectors = clip.detach().permute(0, 2, 3, 1).reshape(-1, clip.shape[1]).float().cpu()
+        self.buffer.append(vectors[torch.randperm(len(vectors), generator=self.generator)[:self.vectors_per_batch]])
+        while sum(len(b) for b in self.buffer) - len(self.buffer[0]) >= self.max_vectors:
+            self.buffer.pop(0)
+
+    def refresh(self) -> torch.Tensor:
+        """Known prototypes followed by freshly found unknown ones: [C + U, D], the same on every rank."""
+        unknown = discover_unknown(torch.cat(self.buffer), self.known, self.num_unknown, self.max_similarity,
+                                   seed=self.seed)
+        if dist.is_available() and dist.is_initialized():
+            padded = torch.zeros(self.num_unknown, self.known.shape[1])
+            padded[:len(unknown)] = unknown
+            count = torch.tensor([len(unknown)])
+            dist.broadcast(padded, src=0)
+            dist.broadcast(count, src=0)
+            unknown = padded[:int(count)]
+        return torch.cat([self.known, unknown])
