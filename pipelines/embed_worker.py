@@ -13,20 +13,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import webdataset as wds
 
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
 from model.superpixels import SuperpixelConfig, superpixels
-from pipelines.images import ImageRejected, ResizeSpec, decode_bgr
 from pipelines.shard_writer import ShardWriter, is_committed
-from pipelines.sidecar import encode_sample, to_canvas
+from pipelines.sidecar import encode_sample, sample_canvas
 from pipelines.storage import filesystem, join, read_json, write_json_atomic
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
 
 @dataclass(frozen=True)
 class EmbedSpec:
@@ -49,14 +44,6 @@ def read_shard(input_url: str, shard: str) -> list[dict]:
         return list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": shard}])))
 
 
-def _canvas(sample: dict, size: int) -> np.ndarray:
-    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-    if ext is None:
-        raise ImageRejected("no_image", f"extensions {sorted(k for k in sample if not k.startswith('__'))}")
-    bgr, _ = decode_bgr(sample[ext], ResizeSpec(resize_mode="none"))
-    return to_canvas(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
-
-
 def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
     """One row per unfinished part of shard row["shard"]: keys, canvases [N, S, S, 3], superpixels [N, S, S]."""
     shard = row["shard"]
@@ -68,7 +55,7 @@ def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
         keys, canvases, regions, failures = [], [], [], []
         for sample in samples[part * spec.chunk_size:(part + 1) * spec.chunk_size]:
             try:
-                canvas = _canvas(sample, spec.image_size)
+                canvas = sample_canvas(sample, spec.image_size)
                 regions.append(superpixels(canvas, spec.superpixels))
             except Exception as e:  # one bad sample is recorded, never fatal
                 failures.append((sample["__key__"], getattr(e, "reason", "corrupt"), str(e)))

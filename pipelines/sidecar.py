@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipelines.images import ImageRejected, ResizeSpec, decode_bgr
+
 STORAGE_FORMATS = ("float16", "int8")
 
 
@@ -29,6 +31,21 @@ def to_canvas(rgb: np.ndarray, size: int) -> np.ndarray:
     square = rgb[top:top + side, left:left + side]
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return square if side == size else cv2.resize(square, (size, size), interpolation=interp)
+
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def sample_canvas(sample: dict, size: int) -> np.ndarray:
+    """The canvas of a webdataset sample's image (the embed job and the trainer both build it here).
+
+    Raises ImageRejected for a sample without an image or with one that does not decode.
+    """
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise ImageRejected("no_image", f"extensions {sorted(k for k in sample if not k.startswith('__'))}")
+    bgr, _ = decode_bgr(sample[ext], ResizeSpec(resize_mode="none"))
+    return to_canvas(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
 
 
 def _npy(array: np.ndarray) -> bytes:

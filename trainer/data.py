@@ -15,22 +15,17 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.views import ViewConfig, collate_views
 from pipelines.embed_worker import read_shard
-from pipelines.images import ResizeSpec, decode_bgr
 from pipelines.manifest import read_manifest
-from pipelines.sidecar import decode_sample, to_canvas
+from pipelines.sidecar import decode_sample, sample_canvas
 from pipelines.storage import filesystem, join, read_json
 
 log = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
-
 @dataclass(frozen=True)
 class ShardPair:
     name: str
@@ -96,9 +91,7 @@ def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> I
 
 def decode_pair(sample: dict, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> image uint8 [3, S, S] (the embed job's canvas), superpixels [S, S], dense CLIP [D, g, g]."""
-    ext = next(e for e in IMAGE_EXTENSIONS if e in sample["image"])
-    bgr, _ = decode_bgr(sample["image"][ext], ResizeSpec(resize_mode="none"))
-    canvas = to_canvas(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), image_size)
+    canvas = sample_canvas(sample["image"], image_size)
     side = decode_sample(sample["sidecar"])
     return (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1), torch.from_numpy(side.superpixels),
             torch.from_numpy(side.dense))
