@@ -14,6 +14,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+import torch
+
 from pipelines.manifest import read_manifest
 from pipelines.storage import join
 
@@ -28,6 +30,7 @@ class TeacherRecipe:
     image_size: int
     batch_size: int = 64
     lr: float = 5e-4
+    lr_scheduler: str = "cosine"  # open_clip_train's --lr-scheduler: cosine or const
     weight_decay: float = 0.1
     warmup_steps: int = 50
     seed: int = 0
@@ -43,9 +46,10 @@ def open_clip_train_args(recipe: TeacherRecipe, shards: str, logs: str) -> list[
         "--model", recipe.model, "--dataset-type", "webdataset",
         "--train-data", "::".join(join(shards, s["name"]) for s in manifest["shards"]),
         "--train-num-samples", str(manifest["num_samples"]), "--batch-size", str(recipe.batch_size),
-        "--epochs", str(recipe.epochs), "--lr", str(recipe.lr), "--wd", str(recipe.weight_decay),
+        "--epochs", str(recipe.epochs), "--lr", str(recipe.lr), "--lr-scheduler", recipe.lr_scheduler,
+        "--wd", str(recipe.weight_decay),
         "--warmup", str(recipe.warmup_steps), "--seed", str(recipe.seed), "--workers", "1", "--device", "cpu",
-        "--precision", "fp32", "--logs", logs, "--name", "openclip", "--save-frequency", "1",
+        "--precision", "fp32", "--logs", logs, "--name", "openclip", "--save-frequency", "0",
         "--save-most-recent", "--resume", "latest", "--report-to", "", "--log-every-n-steps", "20",
     ]
 
@@ -55,7 +59,7 @@ def ensure_teacher(recipe: TeacherRecipe, shards: str, cache_root: str) -> tuple
     folder = join(cache_root, recipe.key)
     checkpoint = join(folder, "teacher.pt")
     note = (f"trained here by open_clip_train ({recipe.model}, {recipe.epochs} epochs over {recipe.num_train} "
-            f"captioned scenes; no pretrained weights can be downloaded offline), cached at {folder}")
+            f"captioned scenes, {recipe.lr_scheduler} learning rate; no pretrained weights can be downloaded offline), cached at {folder}")
     if os.path.exists(checkpoint):
         log.info("teacher: reusing %s", checkpoint)
         return checkpoint, note
@@ -63,9 +67,12 @@ def ensure_teacher(recipe: TeacherRecipe, shards: str, cache_root: str) -> tuple
     log.info("teacher: training %s with open_clip_train into %s", recipe.model, folder)
     command = [sys.executable, "-m", "pipelines.teacher_train", *open_clip_train_args(recipe, shards, join(folder, "logs"))]
     subprocess.run(command, check=True)
-    final = join(folder, "logs", "openclip", "checkpoints", f"epoch_{recipe.epochs}.pt")
-    shutil.copyfile(final, checkpoint + ".tmp")
+    checkpoints = join(folder, "logs", "openclip", "checkpoints")
+    final = torch.load(join(checkpoints, f"epoch_{recipe.epochs}.pt"), map_location="cpu", weights_only=False)
+    # the weights alone: the optimizer's moments triple the file every embed actor would read
+    torch.save({k: final[k] for k in ("epoch", "name", "state_dict")}, checkpoint + ".tmp")
     os.replace(checkpoint + ".tmp", checkpoint)
+    shutil.rmtree(checkpoints)
     with open(join(folder, "recipe.json"), "w") as fh:
         json.dump(dataclasses.asdict(recipe), fh, indent=1)
     return checkpoint, note

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_quick_main_run_reports_and_beats_raw_pixel_kmeans(tmp_path):
+def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     cmd = [sys.executable, "pipelines/main.py", "--name", "e2e", "--quick", "--runs-root", str(tmp_path)]
     env = {**os.environ, "RAY_ADDRESS": ""}
     started = time.time()
@@ -27,10 +27,10 @@ def test_quick_main_run_reports_and_beats_raw_pixel_kmeans(tmp_path):
     for task in ("language", "unsupervised", "unseen", "probe"):
         for method, scores in report["tasks"][task].items():
             assert 0 <= scores["miou"] <= 1, (task, method)
-    assert unsupervised["student"]["miou"] > unsupervised["pixels"]["miou"], unsupervised
-    # Not asserted: beating k-means on an UNTRAINED network. The default run does (19.1 vs 9.8), but
-    # the quick profile's small teacher does not yet (8.4 vs 9.6 on 40 scenes): issue 7 stays open.
-    assert "untrained" in unsupervised
+    # "clearly above": measured 17.3 and 16.1 against 8.9-9.5 (untrained) and 5.5-6.0 (raw pixels),
+    # with two teachers open_clip_train drew from the same recipe (CPU training is not bit-reproducible)
+    baselines = max(unsupervised["pixels"]["miou"], unsupervised["untrained"]["miou"])
+    assert unsupervised["student"]["miou"] > 1.2 * baselines, {m: s["miou"] for m, s in unsupervised.items()}
     text = (run / "report.md").read_text()
     assert "| student |" in text and "open_clip_train" in text
     assert (run / "loss_curve.png").stat().st_size > 1000
