@@ -50,7 +50,8 @@ class ShardConfig:
     max_aspect_ratio: float = float("inf")
     max_image_pixels: int = 89_478_485
     dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
-    thread_count: int = field(default=16, metadata={"help": "fetch/decode threads per shard task"})
+    thread_count: int = field(default=16, metadata={"help": "fetching threads per shard task"})
+    decode_threads: int = field(default=1, metadata={"help": "of those, how many decode/resize/encode at once"})
     timeout_s: float = 10.0
     retries: int = 2
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
@@ -60,7 +61,7 @@ class ShardConfig:
             raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"output_format must be one of {tuple(OUTPUT_FORMATS)}, got {self.output_format!r}")
-        for name in ("samples_per_shard", "image_size", "thread_count"):
+        for name in ("samples_per_shard", "image_size", "thread_count", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.encode_quality <= 100:
@@ -72,7 +73,8 @@ class ShardConfig:
     def worker_spec(self, key_digits: int) -> WorkerSpec:
         resize = ResizeSpec(self.image_size, self.resize_mode, self.resize_only_if_bigger, self.output_format,
                             self.encode_quality, self.min_image_size, self.max_aspect_ratio, self.max_image_pixels)
-        return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.timeout_s, self.retries)
+        return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, self.timeout_s,
+                          self.retries)
 
 
 def summarize(results: list[dict], num_already_done: int, manifest: dict, seconds: float) -> str:

@@ -1,7 +1,8 @@
 """Turning one planned shard into a committed output shard: fetch, check, resize, write.
 
-Runs inside a Ray Data task. Downloads and decodes run on a thread pool: fetching waits on the
-network, and OpenCV and Pillow release the GIL while they decode, resize and encode.
+Runs inside a Ray Data task that holds one CPU. `thread_count` threads fetch, since fetching waits
+on the network; at most `decode_threads` of them decode, resize and encode at once, since more
+CPU-bound threads than the task's core only contend for it (as img2dataset's downloader does).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ class WorkerSpec:
     resize: ResizeSpec
     key_digits: int  # digits of the in-shard index; the key is shard name + index
     thread_count: int = 16
+    decode_threads: int = 1
     timeout_s: float = 10.0
     retries: int = 2
     shard_retries: int = 2
@@ -39,7 +42,7 @@ def plan_path(output: str, name: str) -> str:
     return join(output, "_plan", f"{name}.parquet")
 
 
-def _load_one(row: dict, spec: WorkerSpec, dedup) -> tuple[dict, object]:
+def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaphore) -> tuple[dict, object]:
     """One input to (ledger row, EncodedImage or None); never raises for a bad input."""
     record = {"location": row["location"], "caption": row["caption"]}
     try:
@@ -51,7 +54,8 @@ def _load_one(row: dict, spec: WorkerSpec, dedup) -> tuple[dict, object]:
             first = dedup(record["sha256"], row["key"])
             if first != row["key"]:
                 return {**record, "status": "duplicate", "duplicate_of": first}, None
-        image = process_image(data, spec.resize)
+        with decode_slots:
+            image = process_image(data, spec.resize)
     except (FetchError, ImageRejected) as e:
         return {**record, "status": e.reason, "error": str(e)}, None
     except Exception as e:  # an input must never fail its shard: record anything unforeseen
@@ -70,8 +74,9 @@ def _write_shard(name: str, spec: WorkerSpec, dedup) -> dict:
     writer = ShardWriter(spec.output, name)
     reasons: Counter = Counter()
     try:
+        decode_slots = threading.Semaphore(spec.decode_threads)
         with ThreadPoolExecutor(spec.thread_count) as pool:
-            for row, (record, image) in zip(rows, pool.map(lambda r: _load_one(r, spec, dedup), rows)):
+            for row, (record, image) in zip(rows, pool.map(lambda r: _load_one(r, spec, dedup, decode_slots), rows)):
                 record["key"] = row["key"]
                 reasons[record["status"]] += 1
                 writer.add_ledger_row(record)
