@@ -198,3 +198,36 @@ def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
         keys += [m.split(".")[0] for m in tar_members(tar.read_bytes()) if m.endswith(".jpg")]
     assert len(keys) == len(set(keys)) == 120
     assert read_manifest(str(out))["complete"]
+
+
+@pytest.mark.parametrize("decode_threads", [1, 3])
+def test_decoding_threads_are_capped_while_many_fetch(corpus, tmp_path, monkeypatch, decode_threads):
+    """16 threads fetch, at most `decode_threads` of them decode at once: in-process, no Ray."""
+    import threading
+
+    from pipelines import shard_worker
+    from pipelines.images import ResizeSpec
+    from pipelines.shard_plan import make_plan
+    from pipelines.sources import IMAGE_EXTENSIONS, SourceSpec
+
+    out = str(tmp_path / "shards")
+    plan = make_plan(SourceSpec(str(corpus), "url", "caption", IMAGE_EXTENSIONS), out, 100)
+    lock, running, peak = threading.Lock(), [0], [0]
+    real = shard_worker.process_image
+
+    def tracked(data, spec):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)  # long enough that unbounded threads would overlap
+        try:
+            return real(data, spec)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(shard_worker, "process_image", tracked)
+    spec = shard_worker.WorkerSpec(out, ResizeSpec(32), plan.key_digits, thread_count=16, decode_threads=decode_threads)
+    stats = shard_worker.process_shard(plan.names()[0], spec)
+    assert stats["status"] == "written" and stats["num_samples"] >= 24  # the scenes and the awkward files that are fine
+    assert peak[0] == decode_threads
