@@ -23,6 +23,7 @@ from pipelines.config import ConfigError, build_config, job_config, parse_config
 from pipelines.report import write_report
 from pipelines.storage import filesystem, join
 from pipelines.teacher import TeacherRecipe, ensure_teacher
+from trainer.config import TrainConfig
 
 log = logging.getLogger("main")
 
@@ -69,9 +70,16 @@ class MainConfig:
         unknown = set(self.unseen) - set(synth.CLASSES)
         if unknown:
             raise ConfigError(f"unseen names {sorted(unknown)} are not classes of the corpus {synth.CLASSES}")
+        parse_config(TrainConfig, self.train_args())
 
     def path(self, *parts: str) -> str:
         return join(self.runs_root, self.name, *parts)
+
+    def train_args(self) -> list[str]:
+        """The trainer's command line for this run (checked in __post_init__, before any stage runs)."""
+        return ["--config", self.train_config, f"data.shards={self.path('shards')}", f"data.clip={self.path('clip')}",
+                f"epochs={self.train_epochs}", f"run.name={self.name}", f"run.storage_path={self.path('train')}",
+                f"run.log_dir={self.path('logs')}", *self.train_overrides]
 
 
 def stage_corpus(cfg: MainConfig) -> None:
@@ -108,12 +116,7 @@ def stage_train(cfg: MainConfig) -> str:
     if fs.exists(model_file):
         log.info("train: %s exists", model_file)
         return model_file
-    train_cfg = parse_config(train.TrainConfig, ["--config", cfg.train_config,
-                                                 f"data.shards={cfg.path('shards')}", f"data.clip={cfg.path('clip')}",
-                                                 f"epochs={cfg.train_epochs}", f"run.name={cfg.name}",
-                                                 f"run.storage_path={cfg.path('train')}", f"run.log_dir={cfg.path('logs')}",
-                                                 *cfg.train_overrides])
-    result = train.run(train_cfg)
+    result = train.run(parse_config(TrainConfig, cfg.train_args()))
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     return model_file

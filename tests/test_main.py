@@ -43,3 +43,23 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     assert "0 written, 8 already complete" in again.stdout and "0 embedded now" in again.stdout
     assert "exists" in again.stderr + again.stdout  # training is not redone
     assert time.time() - started < 0.5 * first_seconds
+
+
+def test_a_bad_trainer_setting_stops_the_run_before_any_stage(tmp_path, capsys):
+    from pipelines.main import main
+
+    assert main(["--runs-root", str(tmp_path), "--train-overrides", "loss.no_such_weight=1"]) == 2
+    assert "loss.no_such_weight" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_quick_profile_keeps_the_users_trainer_settings_after_its_own():
+    from pipelines.config import parse_config
+    from pipelines.main import MainConfig
+    from trainer.config import TrainConfig
+
+    cfg = parse_config(MainConfig, ["--quick", "true", "--train-overrides", "loss.semantic_weight=2,optim.lr=0.1"])
+    assert cfg.train_args()[-3:] == ["loss.semantic_weight=4", "loss.semantic_weight=2", "optim.lr=0.1"]
+    train = parse_config(TrainConfig, cfg.train_args())
+    assert (train.loss.semantic_weight, train.optim.lr) == (2, 0.1)
+    assert (cfg.num_train, cfg.teacher_epochs, cfg.teacher_lr_schedule) == (3000, 4, "const")
