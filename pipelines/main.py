@@ -41,7 +41,8 @@ class MainConfig:
     clip_model: str = field(default="tiny-rn", metadata={"help": "open_clip architecture of the teacher"})
     clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = train one here"})
     teacher_epochs: int = 12
-    teacher_lr_schedule: str = field(default="cosine", metadata={"help": "cosine or const (open_clip_train's --lr-scheduler)"})
+    teacher_lr_schedule: str = field(default="cosine",
+                                     metadata={"help": "cosine or const (open_clip_train's --lr-scheduler)"})
     clip_storage: str = field(default="float16", metadata={"help": "sidecar form: float16 or int8"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     # the tiny teacher cannot tell zigzag at all (0.7 IoU alone), so a class it half knows is held back
@@ -56,8 +57,8 @@ class MainConfig:
         if self.quick:
             # A teacher sees few samples here, so they must be diverse (12 epochs over 1,000 scenes
             # overfit: 18 language mIoU) and its rate must stay high to the end (a cosine decay over
-            # 4 epochs: 10; constant: 22-30, near the default's 12 epochs: 32). 200 validation scenes:
-            # dataset k-means over 40 flips between solutions 8 mIoU apart.
+            # 4 epochs: 10; constant: 22-30 in three of four draws, 10 in one; the default's: 32).
+            # 200 validation scenes: dataset k-means over 40 flips between solutions 8 mIoU apart.
             self.num_train, self.num_val, self.num_probe, self.samples_per_shard = 3000, 200, 40, 375
             self.teacher_epochs, self.teacher_lr_schedule, self.train_epochs = 4, "const", 4
             # 750 steps at semantic weight 1 learned objectness only (unsupervised 9.0, untrained
