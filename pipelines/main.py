@@ -57,7 +57,7 @@ class MainConfig:
         if self.quick:
             # A teacher sees few samples here, so they must be diverse (12 epochs over 1,000 scenes
             # overfit: 18 language mIoU) and its rate must stay high to the end (a cosine decay over
-            # 4 epochs: 10; constant: 22-30 in three of four draws, 10 in one; the default's: 32).
+            # 4 epochs: 10; constant: 22-30 in three of five draws, 10-14 in two; the default's: 32).
             # 200 validation scenes: dataset k-means over 40 flips between solutions 8 mIoU apart.
             self.num_train, self.num_val, self.num_probe, self.samples_per_shard = 3000, 200, 40, 375
             self.teacher_epochs, self.teacher_lr_schedule, self.train_epochs = 4, "const", 4
