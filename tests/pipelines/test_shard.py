@@ -157,7 +157,6 @@ def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
     assert {d["duplicate_of"] for d in dupes} == owner
 
 
-@pytest.mark.slow
 def settled_count(folder, pattern: str) -> int:
     """How many files match once none has appeared for two seconds."""
     count, since = len(list(folder.glob(pattern))), time.time()
@@ -169,6 +168,7 @@ def settled_count(folder, pattern: str) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
     raw = tmp_path / "raw"
     write_corpus(str(tmp_path), num_train=120, num_val=0, size=64)
