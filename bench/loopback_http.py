@@ -26,12 +26,18 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # http.server listens with a backlog of 5: under 32 concurrent clients the kernel drops SYNs, and
+    # each drop stalls a fetch for the 1 s SYN retry. Web servers listen with hundreds (nginx: 511).
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 @contextmanager
 def serve_folder(folder: str, slow_s: float = 0.0):
     """Yield the base URL of a server for `folder`; stopped on exit."""
     handler = type("Handler", (_Handler,), {"slow_s": slow_s})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=folder))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=folder))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
