@@ -51,7 +51,7 @@ class ShardConfig:
     max_image_pixels: int = 89_478_485
     dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
     thread_count: int = field(default=16, metadata={"help": "fetching threads per shard task"})
-    decode_threads: int = field(default=1, metadata={"help": "of those, how many decode/resize/encode at once"})
+    decode_threads: int = field(default=2, metadata={"help": "of those, how many decode/resize/encode at once"})
     timeout_s: float = 10.0
     retries: int = 2
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
