@@ -1,13 +1,14 @@
 """Shard job against img2dataset on the same photos, served over loopback HTTP, on the same cores.
 
     .venv/bin/python bench/bench_shard.py --i2d-bin /path/to/img2dataset-venv/bin/img2dataset \
-        --num-images 10000 --out bench/out/shard.json
+        --num-images 10000 --repeat 5 --out bench/out/shard.json
 
 Both tools read a parquet of URLs from a threaded HTTP server (run in its own process), write
 WebDataset tars of keep-ratio 256 px JPEGs at quality 95, and are timed as whole processes.
 "Steady" images/s is inputs over the span from the first shard's start to the last shard's end,
 read from each tool's own per-shard stats. The floor is an in-process decode-resize-encode loop
-over the same bytes, times the cores.
+over the same bytes, times the cores. With `--repeat N` the tools alternate which runs first and
+the medians are reported beside every run.
 """
 
 from __future__ import annotations
