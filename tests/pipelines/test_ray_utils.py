@@ -13,23 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 JOB = """
 import os, ray
 from pipelines.ray_utils import init_ray
-
-def descendants(pid):
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat[stat.rfind(")") + 2:].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [c for c, p in parent.items() if p == current]
-        found += children
-        frontier += children
-    return found
+from tests.pipelines.test_ray_utils import descendants
 
 init_ray(1)
 ray.data.range(4).map(lambda row: row).materialize()  # Ray Data's own actors start too
@@ -41,12 +25,33 @@ for pid in descendants(os.getpid()):
 """
 
 
-def _alive(pid: int) -> bool:
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, parent pid, ...; None once the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"  # a zombie has exited; only its parent's bookkeeping is left
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        fields = _stat_fields(int(entry)) if entry.isdigit() else None
+        if fields:
+            parents[int(entry)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has exited; only its parent's bookkeeping is left
 
 
 def test_a_local_run_leaves_no_ray_process_behind():
