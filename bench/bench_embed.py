@@ -52,7 +52,7 @@ def main() -> None:
     shutil.rmtree(work / "clip", ignore_errors=True)
     if not (work / "shards" / "manifest.json").exists():
         from pipelines import shard
-        from pipelines.synth import write_corpus
+        from demo.synth import write_corpus
 
         write_corpus(str(work / "corpus"), num_train=args.num_images, num_val=0, size=256)
         shard.run(shard.ShardConfig(input=str(work / "corpus" / "train"), output=str(work / "shards"),

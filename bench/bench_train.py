@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prepare(root: Path, num_images: int) -> None:
     from pipelines import embed, shard
-    from pipelines.synth import CLASSES, write_corpus
+    from demo.synth import CLASSES, write_corpus
 
     if (root / "clip" / "prototypes.pt").exists():
         return
@@ -38,7 +38,7 @@ def prepare(root: Path, num_images: int) -> None:
 
 
 def train_config(root: Path, name: str, args, **over):
-    from pipelines.config import parse_config
+    from common.config import parse_config
     from trainer.config import TrainConfig
 
     overrides = [f"data.shards={root / 'shards'}", f"data.clip={root / 'clip'}", f"max_steps={args.steps}",
@@ -61,10 +61,10 @@ def bare_rate(root: Path, args) -> dict:
     import torch
 
     from model.network import build_network
-    from pipelines.storage import filesystem, join, read_json
+    from common.storage import filesystem, join, read_json
     from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
     from trainer.step import build_optimizer, forward_losses
-    from pipelines.embed_prototypes import load_prototypes
+    from pipelines.embedding.prototypes import load_prototypes
 
     cfg = train_config(root, "bare", args)
     fs, clip = filesystem(cfg.data.clip)

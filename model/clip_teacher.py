@@ -24,7 +24,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
-from pipelines.storage import filesystem
+from common.storage import filesystem
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ superpixels, and the target prototypes. A Ray Data job.
     ray job submit --working-dir . -- python pipelines/embed.py --input s3://b/shards --output s3://b/clip ...
 
 CPU tasks decode shards into canvases and superpixels; a pool of model actors (one GPU each when
-the cluster has GPUs) runs the teacher and writes sidecar parts (pipelines/sidecar.py). Then
+the cluster has GPUs) runs the teacher and writes sidecar parts (formats/sidecar.py). Then
 `SHARD_stats.json` per shard, `prototypes.pt`, and `embed_manifest.json` describing how features
 were made; a rerun skips finished parts and refuses an output made with different settings.
 """
@@ -25,15 +25,15 @@ from tqdm import tqdm
 
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig, load_teacher
 from model.superpixels import SuperpixelConfig
-from pipelines.config import ConfigError, job_config
-from pipelines.embed_prototypes import (PROTOTYPES, build_prototypes, read_class_names, sample_dense,
+from common.config import ConfigError, job_config
+from pipelines.embedding.prototypes import (PROTOTYPES, build_prototypes, read_class_names, sample_dense,
                                         save_prototypes)
-from pipelines.embed_worker import ClipEmbedder, EmbedSpec, commit_shard, num_parts, prepare_chunks
-from pipelines.manifest import read_manifest
-from pipelines.ray_utils import cluster_cpus, init_ray
-from pipelines.shard_writer import is_committed
-from pipelines.sidecar import STORAGE_FORMATS
-from pipelines.storage import filesystem, join, read_json, write_json_atomic
+from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, commit_shard, num_parts, prepare_chunks
+from formats.manifest import read_manifest
+from common.ray_utils import cluster_cpus, init_ray
+from formats.shards import is_committed
+from formats.sidecar import STORAGE_FORMATS
+from common.storage import filesystem, join, read_json, write_json_atomic
 
 log = logging.getLogger("embed")
 FORMAT_VERSION = 1

@@ -34,13 +34,13 @@ from model.clip_teacher import text_prototypes
 from model.inference import fit_clusters
 from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, segmentation_scores,
                            seen_unseen_scores)
-from pipelines.config import ConfigError, job_config
-from pipelines.datasets import DATASETS, IGNORE_INDEX, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
-from pipelines.ray_utils import init_ray
-from pipelines.pictures import colorize, compose, encode_png
-from pipelines.predict import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,
+from common.config import ConfigError, job_config
+from formats.datasets import DATASETS, IGNORE_INDEX, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from common.ray_utils import init_ray
+from pipelines.inference.pictures import colorize, compose, encode_png
+from pipelines.inference.predict import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,
                                gather_samples, predict)
-from pipelines.storage import filesystem, join, write_bytes_atomic, write_json_atomic
+from common.storage import filesystem, join, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger("evaluate")
 

@@ -18,11 +18,12 @@ import sys
 from dataclasses import dataclass, field
 
 from model.superpixels import SuperpixelConfig
-from pipelines import embed, evaluate, shard, synth
-from pipelines.config import ConfigError, build_config, job_config, parse_config
-from pipelines.report import write_report
-from pipelines.storage import filesystem, join
-from pipelines.teacher import TeacherRecipe, ensure_teacher
+from demo import synth
+from pipelines import embed, evaluate, shard
+from common.config import ConfigError, build_config, job_config, parse_config
+from demo.report import write_report
+from common.storage import filesystem, join
+from demo.teacher import TeacherRecipe, ensure_teacher
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")

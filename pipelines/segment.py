@@ -5,7 +5,7 @@
     ray job submit --working-dir . -- python pipelines/segment.py --checkpoint s3://... --images s3://... ...
 
 Writes `NAME_labels.png` (class index per pixel) and `NAME_overlay.png` (colours over the image,
-with a legend) per image, through the networks, heads and Ray actor of pipelines/predict.py, which
+with a legend) per image, through the networks, heads and Ray actor of pipelines/inference/predict.py, which
 pipelines/evaluate.py uses too.
 """
 
@@ -26,14 +26,14 @@ from torch import nn
 
 from model.clip_teacher import text_prototypes
 from model.inference import classfree_names, fit_clusters
-from pipelines.config import ConfigError, job_config
-from pipelines.datasets import IGNORE_INDEX, Sample
-from pipelines.pictures import compose, encode_png, overlay_image
-from pipelines.predict import (Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples,
+from common.config import ConfigError, job_config
+from formats.datasets import IGNORE_INDEX, Sample
+from pipelines.inference.pictures import compose, encode_png, overlay_image
+from pipelines.inference.predict import (Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples,
                                 predict)
-from pipelines.ray_utils import init_ray
-from pipelines.sources import IMAGE_EXTENSIONS
-from pipelines.storage import filesystem, join, write_bytes_atomic
+from common.ray_utils import init_ray
+from pipelines.sharding.sources import IMAGE_EXTENSIONS
+from common.storage import filesystem, join, write_bytes_atomic
 
 log = logging.getLogger("segment")
 

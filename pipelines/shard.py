@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 import ray
 from tqdm import tqdm
 
-from pipelines.config import ConfigError, job_config
-from pipelines.dedup import start_dedup
-from pipelines.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
-from pipelines.manifest import write_manifest
-from pipelines.ray_utils import cluster_cpus, init_ray
-from pipelines.shard_plan import make_plan
-from pipelines.shard_worker import WorkerSpec, process_shard
-from pipelines.shard_writer import is_committed
-from pipelines.sources import IMAGE_EXTENSIONS, SourceSpec
+from common.config import ConfigError, job_config
+from pipelines.sharding.dedup import start_dedup
+from formats.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
+from formats.manifest import write_manifest
+from common.ray_utils import cluster_cpus, init_ray
+from pipelines.sharding.plan import make_plan
+from pipelines.sharding.worker import WorkerSpec, process_shard
+from formats.shards import is_committed
+from pipelines.sharding.sources import IMAGE_EXTENSIONS, SourceSpec
 
 log = logging.getLogger("shard")
 

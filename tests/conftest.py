@@ -65,7 +65,7 @@ def ray_local(s3_endpoint):
     """A local two-CPU Ray for the module; started after the S3 variables are set."""
     import ray
 
-    from pipelines.ray_utils import shutdown_ray
+    from common.ray_utils import shutdown_ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray

@@ -54,7 +54,7 @@ def test_a_bad_trainer_setting_stops_the_run_before_any_stage(tmp_path, capsys):
 
 
 def test_quick_profile_keeps_the_users_trainer_settings_after_its_own():
-    from pipelines.config import parse_config
+    from common.config import parse_config
     from pipelines.main import MainConfig
     from trainer.config import TrainConfig
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from model.network import NetworkConfig
 from model.objective import LossConfig
 from model.views import ViewConfig
-from pipelines.config import ConfigError
+from common.config import ConfigError
 
 
 @dataclass

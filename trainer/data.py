@@ -20,10 +20,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.views import ViewConfig, collate_views
-from pipelines.embed_worker import read_shard
-from pipelines.manifest import read_manifest
-from pipelines.sidecar import decode_sample, sample_canvas
-from pipelines.storage import filesystem, join, read_json
+from pipelines.embedding.worker import read_shard
+from formats.manifest import read_manifest
+from formats.sidecar import decode_sample, sample_canvas
+from common.storage import filesystem, join, read_json
 
 log = logging.getLogger(__name__)
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ import ray
 import ray.train
 import torch
 
-from model.checkpoint import save_model
+from formats.model_file import save_model
 from model.network import build_network
-from pipelines.config import build_config
-from pipelines.embed_prototypes import load_prototypes
+from common.config import build_config
+from pipelines.embedding.prototypes import load_prototypes
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
 from trainer.metrics_log import MetricsLog
@@ -128,7 +128,7 @@ def train_loop(config: dict) -> None:
 
 
 def export(engine, cfg: TrainConfig, teacher: dict) -> None:
-    """Rank 0 writes the plain weights file inference reads (model/checkpoint.py)."""
+    """Rank 0 writes the plain weights file inference reads (formats/model_file.py)."""
     state = engine._zero3_consolidated_16bit_state_dict() if cfg.scaling.zero_stage == 3 else engine.module.state_dict()
     if ray.train.get_context().get_world_rank() == 0:
         net = build_network(cfg.network)

@@ -19,9 +19,9 @@ import pyarrow.fs
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipelines.config import job_config
-from pipelines.ray_utils import init_ray
-from pipelines.storage import filesystem, join, read_json
+from common.config import job_config
+from common.ray_utils import init_ray
+from common.storage import filesystem, join, read_json
 from trainer.config import TrainConfig
 from trainer.loop import train_loop
 

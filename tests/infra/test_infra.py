@@ -142,7 +142,7 @@ def check_arguments(command: list[str]) -> None:
             check_key(target, cls, token[2:].replace("-", "_"))
         elif "=" in token:
             check_key(target, cls, token.split("=", 1)[0])
-        if re.match(r"(pipelines|model|trainer|infra)/", token):
+        if re.match(r"(common|model|formats|pipelines|trainer|demo|infra)/", token):
             assert (ROOT / token).exists(), f"{token} (in {command}) does not exist"
 
 

@@ -15,7 +15,7 @@ from model.objective import compute_losses
 from model.segmenter import SegmenterConfig
 from model.superpixels import SuperpixelConfig, superpixels
 from model.views import ViewConfig, collate_views
-from pipelines.synth import CLASSES, render_scene
+from demo.synth import CLASSES, render_scene
 
 SIZE = 64
 

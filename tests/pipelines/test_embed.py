@@ -17,12 +17,12 @@ import torch
 
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
 from pipelines import embed, shard
-from pipelines.config import ConfigError
-from pipelines.embed_prototypes import load_prototypes
-from pipelines.embed_worker import read_shard
-from pipelines.sidecar import decode_sample, to_canvas
-from pipelines.storage import filesystem, join, read_json
-from pipelines.synth import CLASSES, write_corpus
+from common.config import ConfigError
+from pipelines.embedding.prototypes import load_prototypes
+from pipelines.embedding.worker import read_shard
+from formats.sidecar import decode_sample, to_canvas
+from common.storage import filesystem, join, read_json
+from demo.synth import CLASSES, write_corpus
 from tests.pipelines.test_shard import settled_count
 
 

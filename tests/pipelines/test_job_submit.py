@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.manifest import read_manifest
-from pipelines.synth import write_corpus
+from formats.manifest import read_manifest
+from demo.synth import write_corpus
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]

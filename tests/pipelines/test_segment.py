@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from model.checkpoint import save_model
+from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig
 from model.network import ModelOutput, NetworkConfig, build_network
-from pipelines.pictures import colorize, overlay_image, palette
-from pipelines.predict import (Head, InferenceOptions, LocalMapper, ModelSpec, RawPixels, grid_samples, multiscale_outputs,
+from pipelines.inference.pictures import colorize, overlay_image, palette
+from pipelines.inference.predict import (Head, InferenceOptions, LocalMapper, ModelSpec, RawPixels, grid_samples, multiscale_outputs,
                                predict)
 from pipelines.segment import SegmentConfig, list_images, main, run
-from pipelines.synth import write_corpus
+from demo.synth import write_corpus
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
 

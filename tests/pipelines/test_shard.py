@@ -17,9 +17,9 @@ import pytest
 import s3fs
 
 from bench.loopback_http import serve_folder
-from pipelines.manifest import read_manifest
+from formats.manifest import read_manifest
 from pipelines.shard import main as shard_main
-from pipelines.synth import write_corpus
+from demo.synth import write_corpus
 from tests.bad_images import awkward_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,10 +205,10 @@ def test_decoding_threads_are_capped_while_many_fetch(corpus, tmp_path, monkeypa
     """16 threads fetch, at most `decode_threads` of them decode at once: in-process, no Ray."""
     import threading
 
-    from pipelines import shard_worker
-    from pipelines.images import ResizeSpec
-    from pipelines.shard_plan import make_plan
-    from pipelines.sources import IMAGE_EXTENSIONS, SourceSpec
+    from pipelines.sharding import worker as shard_worker
+    from formats.images import ResizeSpec
+    from pipelines.sharding.plan import make_plan
+    from pipelines.sharding.sources import IMAGE_EXTENSIONS, SourceSpec
 
     out = str(tmp_path / "shards")
     plan = make_plan(SourceSpec(str(corpus), "url", "caption", IMAGE_EXTENSIONS), out, 100)

@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines import embed, shard
-from pipelines.synth import CLASSES, write_corpus
+from demo.synth import CLASSES, write_corpus
 
 
 @pytest.fixture(scope="module")

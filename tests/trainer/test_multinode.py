@@ -9,7 +9,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from pipelines import embed, shard
-from pipelines.synth import write_corpus
+from demo.synth import write_corpus
 from trainer import train
 from tests.trainer.test_train import config, metrics
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from pipelines.images import ImageRejected, ResizeSpec, process_image
-from pipelines.shard_writer import ShardWriter, is_committed
-from pipelines.sources import FetchError, fetch
-from pipelines.storage import filesystem, join, read_json
+from formats.images import ImageRejected, ResizeSpec, process_image
+from formats.shards import ShardWriter, is_committed
+from pipelines.sharding.sources import FetchError, fetch
+from common.storage import filesystem, join, read_json
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import webdataset as wds
 
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
 from model.superpixels import SuperpixelConfig, superpixels
-from pipelines.shard_writer import ShardWriter, is_committed
-from pipelines.sidecar import encode_sample, sample_canvas
-from pipelines.storage import filesystem, join, read_json, write_json_atomic
+from formats.shards import ShardWriter, is_committed
+from formats.sidecar import encode_sample, sample_canvas
+from common.storage import filesystem, join, read_json, write_json_atomic
 
 @dataclass(frozen=True)
 class EmbedSpec:

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 JOB = """
 import os, ray
-from pipelines.ray_utils import init_ray
-from tests.pipelines.test_ray_utils import descendants
+from common.ray_utils import init_ray
+from tests.common.test_ray_utils import descendants
 
 init_ray(1)
 ray.data.range(4).map(lambda row: row).materialize()  # Ray Data's own actors start too

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.storage import filesystem, join, upload_file_atomic, write_bytes_atomic, write_json_atomic
+from common.storage import filesystem, join, upload_file_atomic, write_bytes_atomic, write_json_atomic
 
 LEDGER_SCHEMA = pa.schema([
     ("key", pa.string()),

@@ -6,7 +6,7 @@ Written by the shard job from the stats commit markers; read by the embed job an
 
 from __future__ import annotations
 
-from pipelines.storage import filesystem, join, read_json, write_json_atomic
+from common.storage import filesystem, join, read_json, write_json_atomic
 
 MANIFEST = "manifest.json"
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.images import ImageRejected, ResizeSpec, decode_bgr, process_image
+from formats.images import ImageRejected, ResizeSpec, decode_bgr, process_image
 from tests.bad_images import _photo, _save, awkward_files
 
 

@@ -10,8 +10,8 @@ import pytest
 import s3fs
 from PIL import Image
 
-from pipelines import synth
-from pipelines.datasets import DATASETS, ZERO_SHOT_UNSEEN, class_names, open_dataset, seen_mask
+from demo import synth
+from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, class_names, open_dataset, seen_mask
 
 IGNORE = 255
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.config import ConfigError, parse_config
+from common.config import ConfigError, parse_config
 from pipelines.shard import ShardConfig
 
 

@@ -6,7 +6,7 @@
 
 A dataset is a layout (where images, masks and the split list live) plus a label map from raw
 mask values to class indices 0..K-1. Class names and id tables are data files under
-`pipelines/dataset_classes/` (see the README there for where each comes from).
+`formats/dataset_classes/` (see the README there for where each comes from).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipelines.storage import filesystem, join
+from common.storage import filesystem, join
 
 IGNORE_INDEX = 255
 CLASSES_DIR = Path(__file__).parent / "dataset_classes"  # package data, never a remote path
@@ -107,7 +107,7 @@ _CONTEXT = ListLayout("ImageSets/SegmentationContext", "JPEGImages", "Segmentati
 _COCO = FolderLayout("images/{split}2017", "annotations/{split}2017", (".jpg",))
 _CITYSCAPES = FolderLayout("leftImg8bit/{split}", "gtFine/{split}", ("_leftImg8bit.png",),
                            "_gtFine_labelIds.png", depth=1)
-# One split per folder: `ROOT` is the split (what pipelines/synth.py writes under val/).
+# One split per folder: `ROOT` is the split (what demo/synth.py writes under val/).
 _GENERIC = FolderLayout("images", "masks", (".jpg", ".jpeg", ".png"))
 
 DATASETS: dict[str, DatasetSpec] = {

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipelines.synth import CLASSES, SHAPES, render_scene, write_corpus
+from demo.synth import CLASSES, SHAPES, render_scene, write_corpus
 
 
 def test_scenes_are_deterministic_and_captioned():

@@ -11,9 +11,9 @@ import torch
 
 from model.clip_teacher import Teacher, text_prototypes
 from model.prototypes import discover_unknown
-from pipelines.sidecar import decode_sample
-from pipelines.storage import filesystem, join, write_bytes_atomic
-from pipelines.embed_worker import read_shard
+from formats.sidecar import decode_sample
+from common.storage import filesystem, join, write_bytes_atomic
+from pipelines.embedding.worker import read_shard
 
 PROTOTYPES = "prototypes.pt"
 

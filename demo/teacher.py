@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipelines.manifest import read_manifest
-from pipelines.storage import join
+from formats.manifest import read_manifest
+from common.storage import join
 
 log = logging.getLogger("teacher")
 
@@ -65,7 +65,7 @@ def ensure_teacher(recipe: TeacherRecipe, shards: str, cache_root: str) -> tuple
         return checkpoint, note
     os.makedirs(folder, exist_ok=True)
     log.info("teacher: training %s with open_clip_train into %s", recipe.model, folder)
-    command = [sys.executable, "-m", "pipelines.teacher_train", *open_clip_train_args(recipe, shards, join(folder, "logs"))]
+    command = [sys.executable, "-m", "demo.teacher_train", *open_clip_train_args(recipe, shards, join(folder, "logs"))]
     subprocess.run(command, check=True)
     checkpoints = join(folder, "logs", "openclip", "checkpoints")
     final = torch.load(join(checkpoints, f"epoch_{recipe.epochs}.pt"), map_location="cpu", weights_only=False)

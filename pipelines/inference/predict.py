@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.checkpoint import load_model
+from formats.model_file import load_model
 from model.clip_teacher import Teacher, TeacherConfig, dense_features, load_teacher
 from model.inference import classfree_labels, cluster_labels, dense_outputs, language_labels, upsample_labels
 from model.network import ModelOutput, SegNet, build_network
-from pipelines.config import ConfigError
-from pipelines.datasets import IGNORE_INDEX
-from pipelines.ray_utils import cluster_cpus
+from common.config import ConfigError
+from formats.datasets import IGNORE_INDEX
+from common.ray_utils import cluster_cpus
 
 
 log = logging.getLogger("predict")

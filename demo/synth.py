@@ -4,7 +4,7 @@ Colour is drawn at random for every object, so a model can only tell classes apa
 outline, which is what a segmenter has to learn from real photos too. Each scene has an image, a
 per-pixel class mask and a caption ("a photo of a striped square at the top left and ...").
 
-    python pipelines/synth.py --output data/synth --num-train 3000 --num-val 200
+    python demo/synth.py --output data/synth --num-train 3000 --num-val 200
 
 writes `train/NAME.jpg` + `train/NAME.txt` (captions, no labels) and the generic evaluation
 layout `val/images/NAME.jpg`, `val/masks/NAME.png`, `val/classes.txt`.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipelines.images import ImageRejected, ResizeSpec, decode_bgr
+from formats.images import ImageRejected, ResizeSpec, decode_bgr
 
 STORAGE_FORMATS = ("float16", "int8")
 

@@ -1,6 +1,6 @@
 """OpenCLIP's own trainer (open_clip_train) with this repo's tiny model configs registered.
 
-    python -m pipelines.teacher_train --model tiny-rn --train-data 'shards/{00000..00005}.tar' ...
+    python -m demo.teacher_train --model tiny-rn --train-data 'shards/{00000..00005}.tar' ...
 
 Every flag is open_clip_train's; the only addition is that `model/clip_configs/` is known to it.
 """

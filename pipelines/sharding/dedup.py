@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from pipelines.storage import filesystem, join
+from common.storage import filesystem, join
 
 
 @ray.remote(num_cpus=0)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from model.network import NetworkConfig, SegNet, build_network
-from pipelines.storage import filesystem, write_bytes_atomic
+from common.storage import filesystem, write_bytes_atomic
 
 FORMAT_VERSION = 1
 
