@@ -50,7 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work / "clip", ignore_errors=True)
-    if not (work / "shards" / "manifest.json").exists():
+    from formats.manifest import MANIFEST
+
+    if not (work / "shards" / MANIFEST).exists():
         from pipelines import shard
         from demo.synth import write_corpus
 

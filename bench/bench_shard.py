@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from formats.shards import STATS_SUFFIX
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE, QUALITY = 256, 95
 
@@ -88,7 +90,7 @@ def bench_ours(urls: Path, out: Path, per_shard: int, cores: int) -> dict:
            "--image-size", str(SIZE), "--resize-mode", "keep_ratio", "--encode-quality", str(QUALITY),
            "--samples-per-shard", str(per_shard), "--num-cpus", str(cores)]
     wall = run_timed(cmd, {"RAY_ADDRESS": ""})
-    rate, count = steady_rate(glob.glob(f"{out}/*_stats.json"), "num_samples")
+    rate, count = steady_rate(glob.glob(f"{out}/*{STATS_SUFFIX}"), "num_samples")
     return {"wall_s": wall, "steady_images_per_s": rate, "written": count}
 
 
@@ -100,7 +102,7 @@ def bench_img2dataset(binary: str, urls: Path, out: Path, per_shard: int, cores:
            str(per_shard), "--distributor", "multiprocessing", "--enable_wandb", "False"]
     # albumentations (an img2dataset dependency) checks for updates online unless told not to
     wall = run_timed(cmd, {"NO_ALBUMENTATIONS_UPDATE": "1"})
-    rate, count = steady_rate(glob.glob(f"{out}/*_stats.json"), "successes")
+    rate, count = steady_rate(glob.glob(f"{out}/*{STATS_SUFFIX}"), "successes")
     return {"wall_s": wall, "steady_images_per_s": rate, "written": count}
 
 

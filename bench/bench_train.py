@@ -27,7 +27,9 @@ def prepare(root: Path, num_images: int) -> None:
     from pipelines import embed, shard
     from demo.synth import CLASSES, write_corpus
 
-    if (root / "clip" / "prototypes.pt").exists():
+    from formats.prototypes import has_prototypes
+
+    if has_prototypes(str(root / "clip")):
         return
     write_corpus(str(root / "corpus"), num_train=num_images, num_val=0, size=128)
     shard.run(shard.ShardConfig(input=str(root / "corpus" / "train"), output=str(root / "shards"),
@@ -61,14 +63,13 @@ def bare_rate(root: Path, args) -> dict:
     import torch
 
     from model.network import build_network
-    from common.storage import filesystem, join, read_json
+    from formats.sidecar import read_embed_manifest
     from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
     from trainer.step import build_optimizer, forward_losses
-    from pipelines.embedding.prototypes import load_prototypes
+    from formats.prototypes import load_prototypes
 
     cfg = train_config(root, "bare", args)
-    fs, clip = filesystem(cfg.data.clip)
-    cfg.network.clip_dim = read_json(fs, join(clip, "embed_manifest.json"))["embed_dim"]
+    cfg.network.clip_dim = read_embed_manifest(cfg.data.clip)["embed_dim"]
     shards = list_shards(cfg.data.shards, cfg.data.clip)
     spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, 128, 2 * args.batch, cfg.data.shuffle_buffer,
                       cfg.views, cfg.feature_size, 0, 10)

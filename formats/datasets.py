@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from common.storage import filesystem, join
+from model.metrics import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 CLASSES_DIR = Path(__file__).parent / "dataset_classes"  # package data, never a remote path
 # MaskCLIP+ zero-shot splits: the classes left out of training, by dataset (seen_mask builds the split)
 ZERO_SHOT_UNSEEN: dict[str, list[str]] = json.loads((CLASSES_DIR / "zero_shot_unseen.json").read_text())["unseen"]

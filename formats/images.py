@@ -19,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 cv2.setNumThreads(1)  # one Ray worker per core; OpenCV's own threads would oversubscribe them
 
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
+# Image files the jobs take as input (by name): what Pillow opens, as img2dataset accepts.
+INPUT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 OUTPUT_FORMATS = {"jpg": ".jpg", "webp": ".webp", "png": ".png"}
 _EXIF_ORIENTATION = 0x0112
 

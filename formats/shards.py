@@ -1,7 +1,8 @@
-"""Writing one output shard (images, or the embed job's sidecars): tar, parquet ledger, stats commit marker.
+"""One shard on disk (images, or the embed job's sidecars): tar, parquet ledger, stats commit marker.
 
-A shard is complete exactly when `NNNNN_stats.json` exists. The tar and ledger are written first,
-each atomically, so a crash leaves either nothing or files that a rerun overwrites.
+The owner of the shard layout: `NAME.tar`, `NAME.parquet` and `NAME_stats.json` are spelled here
+and nowhere else. A shard is complete exactly when its stats file exists. The tar and ledger are
+written first, each atomically, so a crash leaves either nothing or files that a rerun overwrites.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import webdataset as wds
 
-from common.storage import filesystem, join, upload_file_atomic, write_bytes_atomic, write_json_atomic
+from common.storage import filesystem, join, read_json, upload_file_atomic, write_bytes_atomic, write_json_atomic
 
 LEDGER_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -33,13 +35,46 @@ LEDGER_SCHEMA = pa.schema([
 ])
 
 
+STATS_SUFFIX = "_stats.json"  # NAME_stats.json: the shard's commit marker, written last
+# Keys under which a shard sample may hold its image: what the shard job writes (formats.images.
+# OUTPUT_FORMATS) and the "jpeg" other img2dataset-style writers use.
+SAMPLE_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
 def shard_name(shard_id: int, digits: int) -> str:
     return f"{shard_id:0{digits}d}"
 
 
+def tar_name(name: str) -> str:
+    return f"{name}.tar"
+
+
+def stats_path(root: str, name: str) -> str:
+    return join(root, name + STATS_SUFFIX)
+
+
 def is_committed(output: str, name: str) -> bool:
     fs, root = filesystem(output)
-    return fs.exists(join(root, f"{name}_stats.json"))
+    return fs.exists(stats_path(root, name))
+
+
+def read_stats(output: str, name: str) -> dict:
+    fs, root = filesystem(output)
+    return read_json(fs, stats_path(root, name))
+
+
+def committed_names(output: str) -> list[str]:
+    """Names of the committed shards under `output`, from one listing, sorted."""
+    fs, root = filesystem(output)
+    paths = fs.ls(root, detail=False) if fs.exists(root) else []
+    return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
+
+
+def read_samples(url: str, name: str) -> list[dict]:
+    """Samples of `NAME.tar` under `url` as webdataset dicts ({"__key__": ..., "jpg": bytes, ...}), in order."""
+    fs, root = filesystem(url)
+    with fs.open(join(root, tar_name(name)), "rb") as stream:
+        return list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": name}])))
 
 
 @dataclass
@@ -77,13 +112,13 @@ class ShardWriter:
         self._tmp.close()
         fs, root = filesystem(self.output)
         try:
-            upload_file_atomic(fs, self._tmp.name, join(root, f"{self.name}.tar"))
+            upload_file_atomic(fs, self._tmp.name, join(root, tar_name(self.name)))
         finally:
             os.unlink(self._tmp.name)
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(self.rows, schema=LEDGER_SCHEMA), buf)
         write_bytes_atomic(fs, join(root, f"{self.name}.parquet"), buf.getvalue())
-        write_json_atomic(fs, join(root, f"{self.name}_stats.json"), stats)
+        write_json_atomic(fs, stats_path(root, self.name), stats)
 
     def abort(self) -> None:
         self._tar.close()

@@ -1,4 +1,4 @@
-"""The CLIP sidecar format: per key, what the losses need beside the image, packed and unpacked here.
+"""The embed job's output, the trainer's input: per-key sidecar samples, their parts, and the manifest.
 
 For image shard `00000.tar`, the embed job writes `00000.tar` under its own output folder with,
 per key (the image shard's keys, same order), everything on the image's *canvas*: the centred square
@@ -8,17 +8,25 @@ crop resized to the teacher's input size (`to_canvas`), which the trainer rebuil
   KEY.global.npy   float16 [D], the global image embedding
   KEY.sp.png       uint16 PNG [S, S], superpixel ids on the canvas
 Both the embed job and the trainer go through `encode_sample` / `decode_sample`, so the format lives in one place.
+
+Samples of image shard NAME are written in parts `NAME-PPP` (each a committed shard of
+formats.shards); `NAME_stats.json` lists them once every part is there. `embed_manifest.json`
+records how the features were made, so a rerun with other settings is refused.
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from common.config import ConfigError
+from common.storage import filesystem, join, read_json, write_json_atomic
 from formats.images import ImageRejected, ResizeSpec, decode_bgr
+from formats.shards import SAMPLE_IMAGE_KEYS, is_committed, read_stats, stats_path, tar_name
 
 STORAGE_FORMATS = ("float16", "int8")
 
@@ -33,15 +41,12 @@ def to_canvas(rgb: np.ndarray, size: int) -> np.ndarray:
     return square if side == size else cv2.resize(square, (size, size), interpolation=interp)
 
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
-
 def sample_canvas(sample: dict, size: int) -> np.ndarray:
     """The canvas of a webdataset sample's image (the embed job and the trainer both build it here).
 
     Raises ImageRejected for a sample without an image or with one that does not decode.
     """
-    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    ext = next((e for e in SAMPLE_IMAGE_KEYS if e in sample), None)
     if ext is None:
         raise ImageRejected("no_image", f"extensions {sorted(k for k in sample if not k.startswith('__'))}")
     bgr, _ = decode_bgr(sample[ext], ResizeSpec(resize_mode="none"))
@@ -102,3 +107,54 @@ def decode_sample(sample: dict[str, bytes]) -> SidecarSample:
     if superpixels is None:
         raise ValueError("superpixel PNG is corrupt")
     return SidecarSample(dense, _load_npy(sample["global.npy"]).astype(np.float32), superpixels.astype(np.int64))
+
+
+# ---------------------------------------------------------------- parts, shard commit, manifest
+
+EMBED_MANIFEST = "embed_manifest.json"
+
+
+def part_name(shard: str, part: int) -> str:
+    return f"{shard}-{part:03d}"
+
+
+def num_parts(num_samples: int, chunk_size: int) -> int:
+    return max(1, -(-num_samples // chunk_size))
+
+
+def commit_shard(output: str, shard: str, num_parts: int) -> dict | None:
+    """Write `SHARD_stats.json` (listing the parts) when every part is committed; None otherwise."""
+    parts = [part_name(shard, p) for p in range(num_parts)]
+    if not all(is_committed(output, p) for p in parts):
+        return None
+    part_stats = [read_stats(output, p) for p in parts]
+    failures = sum((Counter(s["failures"]) for s in part_stats), Counter())
+    stats = {"shard": shard, "parts": [tar_name(p) for p in parts],
+             "num_samples": sum(s["num_samples"] for s in part_stats), "failures": dict(failures)}
+    fs, root = filesystem(output)
+    write_json_atomic(fs, stats_path(root, shard), stats)
+    return stats
+
+
+def shard_parts(stats: dict) -> list[str]:
+    """The part names (no extension) a committed sidecar shard's stats list."""
+    return [p.removesuffix(".tar") for p in stats["parts"]]
+
+
+def read_embed_manifest(output: str) -> dict:
+    fs, root = filesystem(output)
+    return read_json(fs, join(root, EMBED_MANIFEST))
+
+
+def check_embed_manifest(output: str, manifest: dict) -> None:
+    """Write the manifest, or refuse when the output already holds features made another way."""
+    fs, root = filesystem(output)
+    path = join(root, EMBED_MANIFEST)
+    if fs.exists(path):
+        existing = read_json(fs, path)
+        differ = sorted(k for k in manifest if existing.get(k) != manifest[k])
+        if differ:
+            raise ConfigError(f"{output} holds features made with other settings ({', '.join(differ)}: "
+                              f"{existing.get(differ[0])!r} there, {manifest[differ[0]]!r} now); use a new output")
+        return
+    write_json_atomic(fs, path, manifest)

@@ -11,6 +11,10 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+# The label of pixels no score counts: unlabelled or void in a ground-truth mask (255 in VOC, the
+# evaluation datasets' masks and the field's tools), and padding beyond an image's edge.
+IGNORE_INDEX = 255
+
 
 def _as_int_array(x: Any) -> np.ndarray:
     """A flat int64 numpy view of a numpy array or torch tensor (any device, any shape)."""
@@ -19,7 +23,7 @@ def _as_int_array(x: Any) -> np.ndarray:
     return np.asarray(x).reshape(-1).astype(np.int64, copy=False)
 
 
-def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_index: int = 255,
+def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_index: int = IGNORE_INDEX,
                      num_pred: int | None = None) -> np.ndarray:
     """Pixel counts int64 [K, P]: rows ground truth, columns prediction.
 

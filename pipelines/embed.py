@@ -26,18 +26,17 @@ from tqdm import tqdm
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig, load_teacher
 from model.superpixels import SuperpixelConfig
 from common.config import ConfigError, job_config
-from pipelines.embedding.prototypes import (PROTOTYPES, build_prototypes, read_class_names, sample_dense,
-                                        save_prototypes)
-from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, commit_shard, num_parts, prepare_chunks
-from formats.manifest import read_manifest
+from pipelines.embedding.prototypes import build_prototypes, sample_dense
+from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, prepare_chunks
+from formats.manifest import read_manifest, shard_counts
+from formats.prototypes import has_prototypes, read_class_names, save_prototypes
 from common.ray_utils import cluster_cpus, init_ray
-from formats.shards import is_committed
-from formats.sidecar import STORAGE_FORMATS
-from common.storage import filesystem, join, read_json, write_json_atomic
+from formats.shards import is_committed, read_stats, tar_name
+from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
+from common.storage import filesystem, join
 
 log = logging.getLogger("embed")
 FORMAT_VERSION = 1
-EMBED_MANIFEST = "embed_manifest.json"
 
 
 @dataclass
@@ -82,23 +81,9 @@ class EmbedConfig:
         return TeacherConfig(self.clip_model, self.clip_pretrained, precision)
 
 
-def check_manifest(output: str, manifest: dict) -> None:
-    """Write the manifest, or refuse when the output already holds features made another way."""
-    fs, root = filesystem(output)
-    path = join(root, EMBED_MANIFEST)
-    if fs.exists(path):
-        existing = read_json(fs, path)
-        differ = sorted(k for k in manifest if existing.get(k) != manifest[k])
-        if differ:
-            raise ConfigError(f"{output} holds features made with other settings ({', '.join(differ)}: "
-                              f"{existing.get(differ[0])!r} there, {manifest[differ[0]]!r} now); use a new output")
-        return
-    write_json_atomic(fs, path, manifest)
-
-
 def storage_report(output: str, parts: list[str], num_samples: int) -> str:
     fs, root = filesystem(output)
-    size = sum(fs.size(join(root, p)) for p in parts)
+    size = sum(fs.size(join(root, tar_name(p))) for p in parts)
     per_image = size / max(num_samples, 1)
     return f"sidecar storage: {per_image / 1e3:.1f} KB per image, {per_image * 1e6 / 1e9:.1f} GB per million images"
 
@@ -116,8 +101,8 @@ def run(cfg: EmbedConfig) -> dict:
     }
     names = read_class_names(cfg.classes) if cfg.classes else []
     manifest["classes"] = names  # prototypes are built once: other names need another output
-    check_manifest(cfg.output, manifest)
-    shards = {s["name"].removesuffix(".tar"): s["num_samples"] for s in read_manifest(cfg.input)["shards"]}
+    check_embed_manifest(cfg.output, manifest)
+    shards = shard_counts(read_manifest(cfg.input))
     pending = [name for name in shards if not is_committed(cfg.output, name)]
     spec = EmbedSpec(cfg.input, cfg.output, image_size, cfg.chunk_size, cfg.superpixels, cfg.storage)
     log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
@@ -139,11 +124,10 @@ def run(cfg: EmbedConfig) -> dict:
                 results.append(part)
                 bar.update(part["num_samples"] + part["num_failed"])
     committed = {n: commit_shard(cfg.output, n, num_parts(shards[n], cfg.chunk_size)) for n in pending}
-    fs, root = filesystem(cfg.output)
-    all_stats = [read_json(fs, join(root, f"{n}_stats.json")) for n in shards if is_committed(cfg.output, n)]
-    all_parts = [p for s in all_stats for p in s["parts"]]
+    all_stats = [read_stats(cfg.output, n) for n in shards if is_committed(cfg.output, n)]
+    all_parts = [p for s in all_stats for p in shard_parts(s)]
     complete = len(all_stats) == len(shards)
-    if complete and not fs.exists(join(root, PROTOTYPES)):
+    if complete and not has_prototypes(cfg.output):
         features = sample_dense(cfg.output, all_parts, cfg.unknown_sample_images, cfg.unknown_max_vectors, cfg.seed)
         protos = build_prototypes(teacher, names, features, cfg.num_unknown, cfg.unknown_max_similarity, cfg.seed)
         save_prototypes(cfg.output, protos)

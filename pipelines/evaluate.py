@@ -35,7 +35,8 @@ from model.inference import fit_clusters
 from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, segmentation_scores,
                            seen_unseen_scores)
 from common.config import ConfigError, job_config
-from formats.datasets import DATASETS, IGNORE_INDEX, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from model.metrics import IGNORE_INDEX
 from common.ray_utils import init_ray
 from pipelines.inference.pictures import colorize, compose, encode_png
 from pipelines.inference.predict import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,

@@ -27,12 +27,13 @@ from torch import nn
 from model.clip_teacher import text_prototypes
 from model.inference import classfree_names, fit_clusters
 from common.config import ConfigError, job_config
-from formats.datasets import IGNORE_INDEX, Sample
+from formats.datasets import Sample
+from model.metrics import IGNORE_INDEX
 from pipelines.inference.pictures import compose, encode_png, overlay_image
 from pipelines.inference.predict import (Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples,
                                 predict)
 from common.ray_utils import init_ray
-from pipelines.sharding.sources import IMAGE_EXTENSIONS
+from formats.images import INPUT_EXTENSIONS
 from common.storage import filesystem, join, write_bytes_atomic
 
 log = logging.getLogger("segment")
@@ -49,9 +50,9 @@ def list_images(location: str) -> list[str]:
         found = fs.find(path)
     else:
         found = [path]
-    urls = sorted(fs.unstrip_protocol(p) for p in found if p.lower().endswith(IMAGE_EXTENSIONS))
+    urls = sorted(fs.unstrip_protocol(p) for p in found if p.lower().endswith(INPUT_EXTENSIONS))
     if not urls:
-        raise FileNotFoundError(f"no images ending in {IMAGE_EXTENSIONS} at {location}")
+        raise FileNotFoundError(f"no images ending in {INPUT_EXTENSIONS} at {location}")
     return urls
 
 

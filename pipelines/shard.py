@@ -28,7 +28,8 @@ from common.ray_utils import cluster_cpus, init_ray
 from pipelines.sharding.plan import make_plan
 from pipelines.sharding.worker import WorkerSpec, process_shard
 from formats.shards import is_committed
-from pipelines.sharding.sources import IMAGE_EXTENSIONS, SourceSpec
+from formats.images import INPUT_EXTENSIONS
+from pipelines.sharding.sources import SourceSpec
 
 log = logging.getLogger("shard")
 
@@ -39,7 +40,7 @@ class ShardConfig:
     output: str = field(metadata={"help": "local folder or fsspec prefix for the shards"})
     url_col: str = "url"
     caption_col: str = "caption"
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    extensions: tuple[str, ...] = INPUT_EXTENSIONS
     samples_per_shard: int = 10_000
     image_size: int = 256
     resize_mode: str = field(default="keep_ratio", metadata={"help": "/".join(RESIZE_MODES)})

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from formats.manifest import read_manifest, shard_counts
+from formats.shards import is_committed, read_samples, read_stats
+from formats.sidecar import decode_sample, sample_canvas, shard_parts
 from model.views import ViewConfig, collate_views
-from pipelines.embedding.worker import read_shard
-from formats.manifest import read_manifest
-from formats.sidecar import decode_sample, sample_canvas
-from common.storage import filesystem, join, read_json
 
 log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class ShardPair:
     name: str
@@ -35,17 +36,14 @@ class ShardPair:
 
 def list_shards(shards_url: str, clip_url: str) -> list[ShardPair]:
     """Shards that are complete in both the image dataset and the embed output, in name order."""
-    fs, root = filesystem(clip_url)
     pairs = []
-    for entry in read_manifest(shards_url)["shards"]:
-        name = entry["name"].removesuffix(".tar")
-        stats_path = join(root, f"{name}_stats.json")
-        if not fs.exists(stats_path):
+    for name in shard_counts(read_manifest(shards_url)):
+        if not is_committed(clip_url, name):
             log.warning("shard %s has no finished sidecar yet; left out", name)
             continue
-        stats = read_json(fs, stats_path)
+        stats = read_stats(clip_url, name)
         if stats["num_samples"]:
-            pairs.append(ShardPair(name, tuple(p.removesuffix(".tar") for p in stats["parts"]), stats["num_samples"]))
+            pairs.append(ShardPair(name, tuple(shard_parts(stats)), stats["num_samples"]))
     if not pairs:
         raise ValueError(f"no shard of {shards_url} has finished sidecars in {clip_url}")
     return pairs
@@ -69,9 +67,9 @@ def steps_per_epoch(shards: list[ShardPair], world_size: int, batch_size: int) -
 
 def paired_samples(shards_url: str, clip_url: str, shard: ShardPair) -> Iterator[dict]:
     """(image bytes, sidecar bytes) per key, in shard order; images without features are passed over."""
-    images = iter(read_shard(shards_url, shard.name))
+    images = iter(read_samples(shards_url, shard.name))
     for part in shard.sidecar_parts:
-        for side in read_shard(clip_url, part):
+        for side in read_samples(clip_url, part):
             image = next(images)
             while image["__key__"] != side["__key__"]:  # the embed job skipped this one
                 image = next(images)

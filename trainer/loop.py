@@ -20,7 +20,7 @@ import torch
 from formats.model_file import save_model
 from model.network import build_network
 from common.config import build_config
-from pipelines.embedding.prototypes import load_prototypes
+from formats.prototypes import load_prototypes
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
 from trainer.metrics_log import MetricsLog

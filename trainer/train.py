@@ -21,7 +21,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from common.config import job_config
 from common.ray_utils import init_ray
-from common.storage import filesystem, join, read_json
+from common.storage import filesystem
+from formats.sidecar import read_embed_manifest
 from trainer.config import TrainConfig
 from trainer.loop import train_loop
 
@@ -42,8 +43,7 @@ def _absolute(url: str) -> str:
 def run(cfg: TrainConfig) -> ray.train.Result:
     cfg.data.shards, cfg.data.clip = _absolute(cfg.data.shards), _absolute(cfg.data.clip)
     cfg.run.storage_path, cfg.run.log_dir = _absolute(cfg.run.storage_path), _absolute(cfg.run.log_dir)
-    fs, root = filesystem(cfg.data.clip)
-    embedded = read_json(fs, join(root, "embed_manifest.json"))
+    embedded = read_embed_manifest(cfg.data.clip)
     if embedded["random_init"]:
         logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)
     cfg.network.clip_dim = embedded["embed_dim"]  # the projection head speaks the teacher's space

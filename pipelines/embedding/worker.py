@@ -1,9 +1,8 @@
 """The embed job's two stages: CPU tasks cut an image shard into decoded canvas chunks with superpixels;
 model actors run the CLIP teacher on a chunk and publish it as one sidecar part.
 
-A part is `SHARD-PPP.tar` + `.parquet` + `_stats.json` (the ShardWriter's commit protocol), so a
-rerun redoes only unfinished parts; the driver commits `SHARD_stats.json` once every part of the
-shard is there.
+Each part is a shard of its own (formats.sidecar names it, formats.shards commits it), so a rerun
+redoes only unfinished parts; the driver commits the image shard once every part is there.
 """
 
 from __future__ import annotations
@@ -15,13 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
 from model.superpixels import SuperpixelConfig, superpixels
-from formats.shards import ShardWriter, is_committed
-from formats.sidecar import encode_sample, sample_canvas
-from common.storage import filesystem, join, read_json, write_json_atomic
+from formats.shards import ShardWriter, is_committed, read_samples, tar_name
+from formats.sidecar import encode_sample, num_parts, part_name, sample_canvas
 
 @dataclass(frozen=True)
 class EmbedSpec:
@@ -33,21 +30,10 @@ class EmbedSpec:
     storage: str
 
 
-def part_name(shard: str, part: int) -> str:
-    return f"{shard}-{part:03d}"
-
-
-def read_shard(input_url: str, shard: str) -> list[dict]:
-    """Samples of `SHARD.tar` as webdataset dicts ({"__key__": ..., "jpg": bytes, ...}), in order."""
-    fs, root = filesystem(input_url)
-    with fs.open(join(root, f"{shard}.tar"), "rb") as stream:
-        return list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": shard}])))
-
-
 def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
     """One row per unfinished part of shard row["shard"]: keys, canvases [N, S, S, 3], superpixels [N, S, S]."""
     shard = row["shard"]
-    samples = read_shard(spec.input, shard)
+    samples = read_samples(spec.input, shard)
     chunks = []
     for part in range(num_parts(len(samples), spec.chunk_size)):
         if is_committed(spec.output, part_name(shard, part)):
@@ -108,9 +94,10 @@ class ClipEmbedder:
             for i, key in enumerate(keys):
                 files = encode_sample(key, dense[i], pooled[i], chunk["superpixels"][i], self.spec.storage)
                 writer.add_files(key, {k: v for k, v in files.items() if k != "__key__"})
-                writer.add_ledger_row({"key": key, "location": f"{chunk['shard']}.tar", "status": "success"})
+                writer.add_ledger_row({"key": key, "location": tar_name(chunk["shard"]), "status": "success"})
             for key, reason, error in chunk["failures"]:
-                writer.add_ledger_row({"key": key, "location": f"{chunk['shard']}.tar", "status": reason, "error": error})
+                writer.add_ledger_row({"key": key, "location": tar_name(chunk["shard"]), "status": reason,
+                                       "error": error})
             stats = {"part": name, "shard": chunk["shard"], "num_samples": len(keys),
                      "failures": dict(Counter(reason for _, reason, _ in chunk["failures"])),
                      "start_time": started, "end_time": time.time()}
@@ -122,19 +109,3 @@ class ClipEmbedder:
                 "num_failed": len(chunk["failures"]), "seconds": time.time() - started}
 
 
-def num_parts(num_samples: int, chunk_size: int) -> int:
-    return max(1, -(-num_samples // chunk_size))
-
-
-def commit_shard(output: str, shard: str, num_parts: int) -> dict | None:
-    """Write `SHARD_stats.json` (listing the parts) when every part is committed; None otherwise."""
-    fs, root = filesystem(output)
-    parts = [part_name(shard, p) for p in range(num_parts)]
-    if not all(fs.exists(join(root, f"{p}_stats.json")) for p in parts):
-        return None
-    part_stats = [read_json(fs, join(root, f"{p}_stats.json")) for p in parts]
-    failures = sum((Counter(s["failures"]) for s in part_stats), Counter())
-    stats = {"shard": shard, "parts": [f"{p}.tar" for p in parts],
-             "num_samples": sum(s["num_samples"] for s in part_stats), "failures": dict(failures)}
-    write_json_atomic(fs, join(root, f"{shard}_stats.json"), stats)
-    return stats

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from formats.datasets import IGNORE_INDEX
+from model.metrics import IGNORE_INDEX
 
 
 def palette(n: int = 256) -> np.ndarray:

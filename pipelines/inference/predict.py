@@ -21,7 +21,7 @@ from model.clip_teacher import Teacher, TeacherConfig, dense_features, load_teac
 from model.inference import classfree_labels, cluster_labels, dense_outputs, language_labels, upsample_labels
 from model.network import ModelOutput, SegNet, build_network
 from common.config import ConfigError
-from formats.datasets import IGNORE_INDEX
+from model.metrics import IGNORE_INDEX
 from common.ray_utils import cluster_cpus
 
 

@@ -18,8 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from common.storage import filesystem
+from formats.images import INPUT_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 URL_LIST_FORMATS = (".txt", ".csv", ".parquet")
 
 
@@ -28,7 +28,7 @@ class SourceSpec:
     input: str
     url_col: str = "url"
     caption_col: str = "caption"
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    extensions: tuple[str, ...] = INPUT_EXTENSIONS
 
 
 class FetchError(Exception):

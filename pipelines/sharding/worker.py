@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from formats.images import ImageRejected, ResizeSpec, process_image
-from formats.shards import ShardWriter, is_committed
+from formats.shards import ShardWriter, is_committed, read_stats
 from pipelines.sharding.sources import FetchError, fetch
-from common.storage import filesystem, join, read_json
+from common.storage import filesystem, join
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ def _write_shard(name: str, spec: WorkerSpec, dedup) -> dict:
 def process_shard(name: str, spec: WorkerSpec, dedup=None) -> dict:
     """Write shard `name` unless already committed; returns its stats with a `status` field."""
     if is_committed(spec.output, name):
-        fs, root = filesystem(spec.output)
-        return {**read_json(fs, join(root, f"{name}_stats.json")), "status": "skipped"}
+        return {**read_stats(spec.output, name), "status": "skipped"}
     for attempt in range(spec.shard_retries + 1):
         try:
             return {**_write_shard(name, spec, dedup), "status": "written"}

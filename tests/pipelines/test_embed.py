@@ -18,10 +18,11 @@ import torch
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
 from pipelines import embed, shard
 from common.config import ConfigError
-from pipelines.embedding.prototypes import load_prototypes
-from pipelines.embedding.worker import read_shard
+from formats.prototypes import load_prototypes
+from formats.shards import read_samples as read_shard
+from formats.shards import read_stats
+from formats.sidecar import shard_parts
 from formats.sidecar import decode_sample, to_canvas
-from common.storage import filesystem, join, read_json
 from demo.synth import CLASSES, write_corpus
 from tests.pipelines.test_shard import settled_count
 
@@ -43,9 +44,7 @@ def embed_cfg(shards_url, output, **kw):
 
 
 def sidecar_samples(output, shard_name):
-    fs, root = filesystem(output)
-    stats = read_json(fs, join(root, f"{shard_name}_stats.json"))
-    return [s for part in stats["parts"] for s in read_shard(output, part.removesuffix(".tar"))]
+    return [s for part in shard_parts(read_stats(output, shard_name)) for s in read_shard(output, part)]
 
 
 def teacher_reference(teacher, image_bytes):

@@ -208,10 +208,11 @@ def test_decoding_threads_are_capped_while_many_fetch(corpus, tmp_path, monkeypa
     from pipelines.sharding import worker as shard_worker
     from formats.images import ResizeSpec
     from pipelines.sharding.plan import make_plan
-    from pipelines.sharding.sources import IMAGE_EXTENSIONS, SourceSpec
+    from formats.images import INPUT_EXTENSIONS
+    from pipelines.sharding.sources import SourceSpec
 
     out = str(tmp_path / "shards")
-    plan = make_plan(SourceSpec(str(corpus), "url", "caption", IMAGE_EXTENSIONS), out, 100)
+    plan = make_plan(SourceSpec(str(corpus), "url", "caption", INPUT_EXTENSIONS), out, 100)
     lock, running, peak = threading.Lock(), [0], [0]
     real = shard_worker.process_image
 
