@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 def bare_loop(model: str, num_images: int, batch_size: int) -> float:
     import torch
 
-    from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
+    from formats.teacher_weights import load_teacher
+    from model.clip_teacher import TeacherConfig, dense_and_global
 
     teacher = load_teacher(TeacherConfig(model))
     size = teacher.image_size

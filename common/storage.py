@@ -57,3 +57,9 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     return json.loads(fs.cat_file(path))
+
+
+def copy_to_local(url: str, local_path: str) -> None:
+    """Copy the file at `url` (any fsspec URL) to `local_path`."""
+    fs, path = filesystem(url)
+    fs.get_file(path, local_path)

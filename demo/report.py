@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-from pipelines.evaluate import markdown_table
-
 
 def plot_losses(metrics_jsonl: str, png: str) -> None:
     import matplotlib
@@ -27,11 +25,12 @@ def plot_losses(metrics_jsonl: str, png: str) -> None:
     plt.close(fig)
 
 
-def write_report(run_root: str, evaluation: dict, teacher_note: str, metrics_jsonl: str) -> str:
-    """runs/NAME/report.md beside loss_curve.png and the evaluation's panels; returns its path."""
+def write_report(run_root: str, table: str, teacher_note: str, metrics_jsonl: str) -> str:
+    """runs/NAME/report.md (the evaluation's Markdown `table` first) beside loss_curve.png and the
+    evaluation's panels; returns its path."""
     plot_losses(metrics_jsonl, os.path.join(run_root, "loss_curve.png"))
     panels = sorted(f for f in os.listdir(os.path.join(run_root, "eval", "panels")) if f.endswith(".png"))
-    lines = [markdown_table(evaluation), f"Teacher: {teacher_note}.", "",
+    lines = [table, f"Teacher: {teacher_note}.", "",
              "Methods: the trained student; k-means on raw pixels and on an untrained network (unsupervised "
              "baselines); the CLIP teacher alone through MaskCLIP's dense path (language-driven and unseen "
              "baselines); linear probes on frozen pixel embeddings.", "",

@@ -6,6 +6,8 @@
     logits = cosine_logits(dense, protos, temperature=0.01)  # model.prototypes
 
 The tiny test/demo architectures in `model/clip_configs/` are registered with open_clip on import.
+Weights at a URL arrive through `fetch` (formats.teacher_weights supplies one), so this module
+does no storage I/O of its own.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
-
-from common.storage import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,14 @@ class Teacher:
     patch_size: int
 
 
-def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str) -> str | None:
+# (url, local path): copy the remote file at `url` to `local path`.
+Fetch = Callable[[str, str], None]
+
+
+def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str, fetch: Fetch | None = None) -> str | None:
     """What to pass as open_clip's `pretrained`: a tag, a local file, or None for random init.
 
-    A URL is copied into `tmp_dir` first (open_clip reads local files only).
+    A URL is copied into `tmp_dir` by `fetch` first (open_clip reads local files only).
     """
     if not pretrained:
         return None
@@ -100,10 +104,12 @@ def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str) -> str | 
     if os.path.isfile(pretrained):
         return pretrained
     if "://" in pretrained:
-        fs, path = filesystem(pretrained)
+        if fetch is None:
+            raise ValueError(f"pretrained={pretrained!r} is a URL: load the teacher through "
+                             "formats.teacher_weights.load_teacher, which can fetch it")
         # Keep the name: open_clip picks the reader by suffix (.safetensors, .npz).
-        local = os.path.join(tmp_dir, os.path.basename(path))
-        fs.get_file(path, local)
+        local = os.path.join(tmp_dir, os.path.basename(pretrained.rstrip("/")))
+        fetch(pretrained, local)
         return local
     raise ValueError(
         f"pretrained={pretrained!r} is none of: an open_clip tag of {model_name!r} "
@@ -112,13 +118,13 @@ def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str) -> str | 
     )
 
 
-def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teacher:
-    """Build `cfg.model` with its weights, frozen and in eval mode."""
+def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu", fetch: Fetch | None = None) -> Teacher:
+    """Build `cfg.model` with its weights, frozen and in eval mode; `fetch` copies URL weights locally."""
     # Random weights come from a fixed seed, so every actor of a job (and the driver's text
     # encoder) holds the same random teacher; the caller's RNG state is left untouched.
     with tempfile.TemporaryDirectory() as tmp_dir, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        checkpoint = resolve_pretrained(cfg.model, cfg.pretrained, tmp_dir)
+        checkpoint = resolve_pretrained(cfg.model, cfg.pretrained, tmp_dir, fetch)
         model = open_clip.create_model(
             cfg.model, pretrained=checkpoint, precision=cfg.precision, device=device
         )
@@ -213,17 +219,22 @@ def _vit_dense(visual: VisionTransformer, images: Tensor, last_block: str) -> tu
     block = visual.transformer.resblocks[-1]
     if not isinstance(block, ResidualAttentionBlock) or not visual.transformer.batch_first:
         raise TypeError(f"dense features need batch-first ResidualAttentionBlocks, got {type(block)}")
-    x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, C, h, w]
-    b, c, h, w = x.shape
-    x = x.flatten(2).transpose(1, 2)  # [B, h*w, C]
-    cls = visual.class_embedding.to(x.dtype).expand(b, 1, c)
+    patch = _square(visual.patch_size, "patch size")
+    h, w = images.shape[-2] // patch, images.shape[-1] // patch
     pos = interpolate_pos_embed(visual.positional_embedding, visual.grid_size, (h, w))
-    x = visual.ln_pre(torch.cat([cls, x], dim=1) + pos.to(x.dtype))
-    for blk in visual.transformer.resblocks[:-1]:
-        x = blk(x)
-    pooled, _ = visual._pool(block(x))  # open_clip's own tail of encode_image
+    # open_clip's own forward gives the global embedding (any input size with the positional
+    # embedding swapped in); a hook keeps the last block's input [B, 1 + h*w, C] for the dense path
+    captured: dict[str, Tensor] = {}
+    hook = block.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    try:
+        pooled = torch.func.functional_call(visual, {"positional_embedding": pos},
+                                            (images.to(visual.conv1.weight.dtype),))
+    finally:
+        hook.remove()
+    pooled = pooled[0] if isinstance(pooled, tuple) else pooled  # output_tokens models return (pooled, tokens)
+    x = captured["x"]
     dense = visual.ln_post(LAST_BLOCKS[last_block](block, x)[:, 1:]) @ visual.proj  # [B, h*w, D]
-    return dense.transpose(1, 2).reshape(b, -1, h, w), pooled @ visual.proj
+    return dense.transpose(1, 2).reshape(x.shape[0], -1, h, w), pooled
 
 
 def _resnet_dense(visual: ModifiedResNet, images: Tensor, last_block: str) -> tuple[Tensor, Tensor]:

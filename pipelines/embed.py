@@ -23,7 +23,8 @@ import ray
 import torch
 from tqdm import tqdm
 
-from model.clip_teacher import LAST_BLOCKS, TeacherConfig, load_teacher
+from formats.teacher_weights import load_teacher
+from model.clip_teacher import LAST_BLOCKS, TeacherConfig
 from model.superpixels import SuperpixelConfig
 from common.config import ConfigError, job_config
 from pipelines.embedding.prototypes import build_prototypes, sample_dense

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     model_file = stage_train(cfg)
     report = stage_evaluate(cfg, model_file)
-    path = write_report(cfg.path(), report, teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"))
+    path = write_report(cfg.path(), evaluate.markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"))
     print(open(path).read())
     print(f"report: {path}")
     return 0

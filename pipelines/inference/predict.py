@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from formats.model_file import load_model
-from model.clip_teacher import Teacher, TeacherConfig, dense_features, load_teacher
+from formats.teacher_weights import load_teacher
+from model.clip_teacher import Teacher, TeacherConfig, dense_features
 from model.inference import classfree_labels, cluster_labels, dense_outputs, language_labels, upsample_labels
 from model.network import ModelOutput, SegNet, build_network
 from common.config import ConfigError

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from formats import teacher_weights
 from model.clip_teacher import (
     IMAGENET_TEMPLATES,
     SCENE_TEMPLATES,
@@ -352,9 +353,12 @@ def test_s3_checkpoint_loads_identically(vit, tmp_path, s3_bucket):
     torch.save(vit.model.state_dict(), local)
     url = f"{s3_bucket}/ckpt/teacher.pt"
     s3fs.S3FileSystem().put_file(local, url)
-    loaded = load_teacher(TeacherConfig(model="tiny-vit", pretrained=url))
+    loaded = teacher_weights.load_teacher(TeacherConfig(model="tiny-vit", pretrained=url))
     assert loaded.pretrained_source == url and not loaded.random_init
     assert_same_teacher(vit, loaded)
+    # the pure model layer fetches nothing itself: a URL without a fetcher is one clear error
+    with pytest.raises(ValueError, match="is a URL.*formats.teacher_weights"):
+        load_teacher(TeacherConfig(model="tiny-vit", pretrained=url))
 
 
 def test_pretrained_forms_are_routed(tmp_path):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
+from formats.teacher_weights import load_teacher
+from model.clip_teacher import TeacherConfig, dense_and_global
 from pipelines import embed, shard
 from common.config import ConfigError
 from formats.prototypes import load_prototypes
