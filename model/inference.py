@@ -1,11 +1,21 @@
-"""Using a trained network: dense outputs for images of any size, text-driven, clustered and class-free labels."""
+"""Using a trained network: dense outputs for images of any size (tiled, multi-scale), and label maps from
+heads (text-driven, class-free, clusters, linear probe) for one image or a batch.
+
+Pure torch: pipelines/evaluate.py and pipelines/segment.py run these inside their Ray actors.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from model.kmeans import spherical_kmeans
+from model.metrics import IGNORE_INDEX
 from model.network import ModelOutput, SegNet
 from model.prototypes import cosine_logits
 
@@ -80,3 +90,94 @@ def fit_clusters(embeddings: torch.Tensor, num_clusters: int, num_iters: int = 3
 def cluster_labels(out: ModelOutput, centres: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest cluster centre [K, E] for every pixel embedding: [B, H, W] cluster ids."""
     return upsample_labels(cosine_logits(out.embeddings, centres), size)
+
+
+# ---------------------------------------------------------------- per-image compute
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    window: int = 0  # sliding-window tile in pixels (rounded down to each network's stride); 0 = whole image
+    scales: tuple[float, ...] = (1.0,)
+
+
+def multiscale_outputs(net: nn.Module, images: torch.Tensor, options: InferenceOptions) -> ModelOutput:
+    """Mean of the outputs over `options.scales` on the grid of scale 1: [B, ., ceil(H/s), ceil(W/s)]."""
+    s = net.output_stride
+    window = max(s, options.window // s * s) if options.window > 0 else 0
+    grid = (-(-images.shape[-2] // s), -(-images.shape[-1] // s))
+    embeddings, clip = 0, 0
+    for scale in options.scales:
+        x = images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        out = dense_outputs(net, x, window)
+        if out.embeddings.shape[-2:] != grid:
+            out = ModelOutput(*(_resize(t, grid) for t in out))
+        embeddings, clip = embeddings + out.embeddings, clip + out.clip
+    return ModelOutput(F.normalize(embeddings, dim=1), clip / len(options.scales))
+
+
+def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if t.shape[1] == 0:  # a network without a CLIP space (RawPixels): nothing to interpolate
+        return t.new_zeros(*t.shape[:2], *size)
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+def image_tensor(image: np.ndarray, device: str) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float [1, 3, H, W] in [0, 1]."""
+    return torch.tensor(image, device=device).permute(2, 0, 1)[None].float().div(255)
+
+
+def _probe_labels(out: ModelOutput, params: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    logits = torch.einsum("behw,ke->bkhw", out.embeddings, params["weight"]) + params["bias"].view(1, -1, 1, 1)
+    return upsample_labels(logits, size)
+
+
+# How a head turns one network's outputs into labels [B, H, W]: (outputs, params, size) -> labels.
+HEADS: dict[str, Callable[[ModelOutput, dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]] = {
+    "language": lambda out, p, size: language_labels(out, p["prototypes"], size),
+    "classfree": lambda out, p, size: classfree_labels(out, p["known"], p["unknown"], size),
+    "clusters": lambda out, p, size: cluster_labels(out, p["centres"], size),
+    "probe": _probe_labels,
+}
+
+
+@dataclass(frozen=True)
+class Head:
+    """One labelling of one network: `kind` is a key of HEADS, `params` its tensors (prototypes, centres...)."""
+
+    method: str
+    kind: str
+    params: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def predict(models: dict[str, nn.Module], heads: dict[str, Head], image: np.ndarray, options: InferenceOptions
+            ) -> dict[str, np.ndarray]:
+    """Label map int64 [H, W] per head for one uint8 [H, W, 3] image; each network runs once."""
+    x = image_tensor(image, default_device())
+    outs = {m: multiscale_outputs(models[m], x, options) for m in {h.method for h in heads.values()}}
+    labels = {}
+    for key, head in heads.items():
+        out, s = outs[head.method], models[head.method].output_stride
+        params = {k: v.to(x.device) for k, v in head.params.items()}
+        # label the padded grid's full extent, then crop: the grid covers the padding too
+        padded = HEADS[head.kind](out, params, (out.embeddings.shape[-2] * s, out.embeddings.shape[-1] * s))
+        labels[key] = padded[0, : image.shape[0], : image.shape[1]].cpu().numpy()
+    return labels
+
+
+def grid_samples(out: ModelOutput, mask: np.ndarray, stride: int, num: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`num` grid cells drawn at random: embeddings float32 [num, E] and the mask label at each cell centre [num]."""
+    e, h, w = out.embeddings.shape[1:]
+    padded = np.pad(mask, ((0, h * stride - mask.shape[0]), (0, w * stride - mask.shape[1])),
+                    constant_values=IGNORE_INDEX)
+    labels = padded[stride // 2 :: stride, stride // 2 :: stride].reshape(-1)
+    # a fixed count per image keeps the rows stackable; small grids are drawn with replacement
+    cells = rng.choice(h * w, num, replace=h * w < num)
+    embeddings = out.embeddings[0].reshape(e, -1)[:, torch.from_numpy(cells).to(out.embeddings.device)]
+    return embeddings.T.float().cpu().numpy(), labels[cells]

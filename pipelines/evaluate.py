@@ -7,7 +7,7 @@
 
 Writes `report.json` (per task and method: per-class IoU, mIoU, pixel accuracy, confusion matrix),
 `report.md` (methods x metrics, x100) and `panels/TASK_NAME.png` (image, ground truth, predictions).
-Two Ray Data passes at most, through segment.py's actor: one draws pixel embeddings to fit the
+Two Ray Data passes at most, through pipelines/inference's actor: one draws pixel embeddings to fit the
 clusters and the probes, one sums per-image confusion matrices.
 """
 
@@ -39,8 +39,8 @@ from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_datas
 from model.metrics import IGNORE_INDEX
 from common.ray_utils import init_ray
 from pipelines.inference.pictures import colorize, compose, encode_png
-from pipelines.inference.predict import (METHODS, Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork,
-                               gather_samples, predict)
+from model.inference import Head, InferenceOptions, predict
+from pipelines.inference.predict import METHODS, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 from common.storage import filesystem, join, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger("evaluate")
@@ -74,8 +74,8 @@ def unseen_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[
 
 @dataclass(frozen=True)
 class Task:
-    head: str  # a key of segment.HEADS; tasks with the same head share its predictions
-    baselines: tuple[str, ...]  # keys of segment.METHODS
+    head: str  # a key of model.inference.HEADS; tasks with the same head share its predictions
+    baselines: tuple[str, ...]  # keys of pipelines.inference.predict.METHODS
     score: Callable[[np.ndarray, list[str], np.ndarray], dict[str, Any]]  # (confusion, names, seen mask)
     columns: tuple[tuple[str, str], ...]  # report.md (header, score key)
 

@@ -5,7 +5,7 @@
     ray job submit --working-dir . -- python pipelines/segment.py --checkpoint s3://... --images s3://... ...
 
 Writes `NAME_labels.png` (class index per pixel) and `NAME_overlay.png` (colours over the image,
-with a legend) per image, through the networks, heads and Ray actor of pipelines/inference/predict.py, which
+with a legend) per image: the heads of model/inference.py run by the actor of pipelines/inference/, which
 pipelines/evaluate.py uses too.
 """
 
@@ -30,8 +30,8 @@ from common.config import ConfigError, job_config
 from formats.datasets import Sample
 from model.metrics import IGNORE_INDEX
 from pipelines.inference.pictures import compose, encode_png, overlay_image
-from pipelines.inference.predict import (Head, InferenceOptions, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples,
-                                predict)
+from model.inference import Head, InferenceOptions, predict
+from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 from common.ray_utils import init_ray
 from formats.images import INPUT_EXTENSIONS
 from common.storage import filesystem, join, write_bytes_atomic

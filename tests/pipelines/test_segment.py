@@ -16,8 +16,9 @@ from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines.inference.pictures import colorize, overlay_image, palette
-from pipelines.inference.predict import (Head, InferenceOptions, LocalMapper, ModelSpec, RawPixels, grid_samples, multiscale_outputs,
-                               predict)
+from model.baselines import RawPixels
+from model.inference import Head, InferenceOptions, grid_samples, multiscale_outputs, predict
+from pipelines.inference.predict import LocalMapper, ModelSpec
 from pipelines.segment import SegmentConfig, list_images, main, run
 from demo.synth import write_corpus
 
