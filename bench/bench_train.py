@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def bare_rate(root: Path, args) -> dict:
     from formats.prototypes import load_prototypes
 
     cfg = train_config(root, "bare", args)
-    cfg.network.clip_dim = read_embed_manifest(cfg.data.clip)["embed_dim"]
+    cfg = replace(cfg, network=replace(cfg.network, clip_dim=read_embed_manifest(cfg.data.clip)["embed_dim"]))
     shards = list_shards(cfg.data.shards, cfg.data.clip)
     spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, 128, 2 * args.batch, cfg.data.shuffle_buffer,
                       cfg.views, cfg.feature_size, 0, 10)

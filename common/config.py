@@ -2,6 +2,10 @@
 
 Every job and the trainer parse their configuration through `parse_config`, so an unknown key,
 a wrong type or a missing required value is one clear line before any work starts.
+
+Precedence, lowest first: the dataclass defaults, a profile (a YAML file the job ships, e.g.
+`--quick`), `--config FILE.yaml`, `--flag value`, `key=value`. A value the user gives is never
+overwritten; the resulting config is frozen.
 """
 
 from __future__ import annotations
@@ -81,6 +85,28 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix}{e}" if prefix else str(e)) from None
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, section by section: a nested mapping merges, any other value replaces."""
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return values
+
+
 def _set_dotted(values: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
@@ -88,10 +114,19 @@ def _set_dotted(values: dict, dotted: str, value: Any) -> None:
     values[leaf] = value
 
 
-def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "") -> T:
-    """Parse `--config FILE.yaml`, `--flag value` for top-level fields and `key.sub=value` overrides."""
-    parser = argparse.ArgumentParser(description=description)
+def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "",
+                 profiles: dict[str, str] | None = None) -> T:
+    """Parse `--config FILE.yaml`, `--flag value` for top-level fields and `key.sub=value` overrides.
+
+    profiles: name -> YAML file; `--profile NAME` (or `--NAME`) lays its values under the user's.
+    """
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file with any of the fields below")
+    for name, path in (profiles or {}).items():
+        parser.add_argument(f"--{name}", dest="profile", action="store_const", const=name,
+                            help=f"the {name} profile ({path}); values you give win over it")
+    if profiles:
+        parser.add_argument("--profile", choices=sorted(profiles), help="a profile by name")
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
         kind = _field_types(cls)[f.name]
@@ -102,10 +137,9 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_text, **extra)
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = _read_yaml(profiles[args.profile]) if getattr(args, "profile", None) else {}
     if args.config:
-        with open(args.config) as fh:
-            values = yaml.safe_load(fh) or {}
+        values = _merge(values, _read_yaml(args.config))
     for f in dataclasses.fields(cls):
         flag = getattr(args, f.name, None)
         if flag is not None:
@@ -118,12 +152,12 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     return build_config(cls, values)
 
 
-def job_config(cls: type[T], argv: list[str] | None, doc: str) -> T | None:
+def job_config(cls: type[T], argv: list[str] | None, doc: str, profiles: dict[str, str] | None = None) -> T | None:
     """A job's start: logging on, then its config from the command line; None (after one line on
     stderr) when the config is wrong, so `main` returns exit status 2 before any work starts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return parse_config(cls, argv, description=doc.split("\n")[0])
+        return parse_config(cls, argv, description=doc.split("\n")[0], profiles=profiles)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -35,10 +35,12 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class ResizeSpec:
+    """What a written image looks like and which inputs are refused (img2dataset's options)."""
+
     image_size: int = 256
-    resize_mode: str = "keep_ratio"
+    resize_mode: str = field(default="keep_ratio", metadata={"help": "/".join(RESIZE_MODES)})
     resize_only_if_bigger: bool = False
-    output_format: str = "jpg"
+    output_format: str = field(default="jpg", metadata={"help": "/".join(OUTPUT_FORMATS)})
     encode_quality: int = 95
     min_image_size: int = 0
     max_aspect_ratio: float = float("inf")

@@ -54,7 +54,7 @@ SCENE_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(
 DEFAULT_TEMPLATES = IMAGENET_TEMPLATES + SCENE_TEMPLATES
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherConfig:
     """Which open_clip model teaches and where its weights come from.
 

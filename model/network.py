@@ -13,12 +13,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass
+@dataclass(frozen=True)
 class NetworkConfig:
     backbone: str = "resnet50"  # a key of BACKBONES
     output_stride: int = 16  # 16 to train, 8 for finer test-time maps (HSG); ResNets take 8 or 16
     embedding_dim: int = 128
-    clip_dim: int = 512  # the teacher's embedding width; jobs set it from the CLIP model
+    clip_dim: int = 0  # the teacher's embedding width; 0 = the trainer takes it from the CLIP features
     projection_hidden: int = 512
     backbone_weights: str = ""  # optional torchvision/timm state_dict file for the backbone
 
@@ -28,8 +28,8 @@ class NetworkConfig:
         strides = BACKBONES[self.backbone].strides
         if self.output_stride not in strides:
             raise ValueError(f"backbone {self.backbone} supports output_stride {strides}, not {self.output_stride}")
-        if min(self.embedding_dim, self.clip_dim, self.projection_hidden) < 1:
-            raise ValueError("embedding_dim, clip_dim and projection_hidden must be positive")
+        if min(self.embedding_dim, self.projection_hidden) < 1 or self.clip_dim < 0:
+            raise ValueError("embedding_dim and projection_hidden must be positive, clip_dim positive or 0")
 
 
 class ModelOutput(NamedTuple):
@@ -125,6 +125,8 @@ class SegNet(nn.Module):
 
     def __init__(self, cfg: NetworkConfig):
         super().__init__()
+        if cfg.clip_dim < 1:
+            raise ValueError("network.clip_dim is 0: set it to the teacher's embedding width")
         self.cfg = cfg
         self.backbone = BACKBONES[cfg.backbone].build(cfg.output_stride, cfg.backbone_weights)
         c = self.backbone.out_channels

@@ -14,7 +14,7 @@ from model.network import ModelOutput
 from model.segmenter import SegmenterConfig, segment
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """Weights of the three terms; a weight of 0 switches a term off (each ablation is one flag)."""
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from model.kmeans import grid_init, spherical_kmeans
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmenterConfig:
     grid: tuple[int, int] = (4, 4)  # k-means starts from this grid of cells: gh * gw clusters per image (HSG)
     num_iters: int = 15

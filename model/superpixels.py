@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass
+@dataclass(frozen=True)
 class SuperpixelConfig:
     method: str = "felzenszwalb"  # a key of METHODS
     scale: float = 100.0  # felzenszwalb: higher means larger regions

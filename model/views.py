@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 
-@dataclass
+@dataclass(frozen=True)
 class ViewConfig:
     crop_size: int = 224  # output side in pixels
     scale: tuple[float, float] = (0.5, 1.5)  # zoom: the box covers crop_size / scale image pixels

@@ -40,7 +40,7 @@ log = logging.getLogger("embed")
 FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbedConfig:
     input: str = field(metadata={"help": "shards written by pipelines/shard.py (folder or s3:// prefix)"})
     output: str = field(metadata={"help": "folder or s3:// prefix for the sidecars"})

@@ -120,7 +120,7 @@ def train_probe(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
     return {"weight": layer.weight.detach(), "bias": layer.bias.detach()}
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     checkpoint: str = field(metadata={"help": "model file (local or URL), or 'teacher' with --clip-model"})
     dataset: str = field(metadata={"help": "/".join(DATASETS)})

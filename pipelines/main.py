@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from model.superpixels import SuperpixelConfig
 from demo import synth
@@ -27,13 +28,14 @@ from demo.teacher import TeacherRecipe, ensure_teacher
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")
+# Named settings a user can read and override: `--quick` is pipelines/profiles/quick.yaml.
+PROFILES = {p.stem: str(p) for p in sorted((Path(__file__).parent / "profiles").glob("*.yaml"))}
 
 
-@dataclass
+@dataclass(frozen=True)
 class MainConfig:
     name: str = field(default="demo", metadata={"help": "run name: outputs go to runs/NAME"})
     runs_root: str = "runs"
-    quick: bool = field(default=False, metadata={"help": "the short profile: small corpus, short training"})
     num_train: int = 3000
     num_val: int = 200
     num_probe: int = 100
@@ -55,16 +57,6 @@ class MainConfig:
     num_cpus: int = 0
 
     def __post_init__(self):
-        if self.quick:
-            # A teacher sees few samples here, so they must be diverse (12 epochs over 1,000 scenes
-            # overfit: 18 language mIoU) and its rate must stay high to the end (a cosine decay over
-            # 4 epochs: 10; constant: 22-30 in three of five draws, 10-14 in two; the default's: 32).
-            # 200 validation scenes: dataset k-means over 40 flips between solutions 8 mIoU apart.
-            self.num_train, self.num_val, self.num_probe, self.samples_per_shard = 3000, 200, 40, 375
-            self.teacher_epochs, self.teacher_lr_schedule, self.train_epochs = 4, "const", 4
-            # 750 steps at semantic weight 1 learned objectness only (unsupervised 9.0, untrained
-            # 9.1); at 4: 17.3. The default's 1,122 steps do better at 1 (19.1 vs 15.9 at 4).
-            self.train_overrides = ("loss.semantic_weight=4", *self.train_overrides)
         if min(self.num_train, self.num_val, self.image_size, self.samples_per_shard, self.teacher_epochs) < 1:
             raise ConfigError("num_train, num_val, image_size, samples_per_shard and teacher_epochs must be positive")
         if self.teacher_lr_schedule not in ("cosine", "const"):
@@ -132,7 +124,7 @@ def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = job_config(MainConfig, argv, __doc__)
+    cfg = job_config(MainConfig, argv, __doc__, profiles=PROFILES)
     if cfg is None:
         return 2
     stage_corpus(cfg)

@@ -101,7 +101,7 @@ class SegmentWork:
         return {"name": sample.name}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentConfig:
     checkpoint: str = field(metadata={"help": "model file (local or URL), or 'teacher' with --clip-model"})
     images: str = field(metadata={"help": "an image, a folder or prefix (s3://...), or a glob"})

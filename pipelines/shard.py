@@ -11,6 +11,7 @@ complete), `manifest.json`. A rerun skips complete shards and redoes the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -34,27 +35,23 @@ from pipelines.sharding.sources import SourceSpec
 log = logging.getLogger("shard")
 
 
-@dataclass
-class ShardConfig:
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig(ResizeSpec):
+    """The shard job's settings: where from and to, how to split and fetch, and (inherited from
+    ResizeSpec, the flags --image-size, --resize-mode, ...) what each written image looks like."""
+
     input: str = field(metadata={"help": "folder, fsspec prefix (s3://...), or URL list (.txt/.csv/.parquet)"})
     output: str = field(metadata={"help": "local folder or fsspec prefix for the shards"})
     url_col: str = "url"
     caption_col: str = "caption"
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
     samples_per_shard: int = 10_000
-    image_size: int = 256
-    resize_mode: str = field(default="keep_ratio", metadata={"help": "/".join(RESIZE_MODES)})
-    resize_only_if_bigger: bool = False
-    output_format: str = field(default="jpg", metadata={"help": "/".join(OUTPUT_FORMATS)})
-    encode_quality: int = 95
-    min_image_size: int = 0
-    max_aspect_ratio: float = float("inf")
-    max_image_pixels: int = 89_478_485
     dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
     thread_count: int = field(default=16, metadata={"help": "fetching threads per shard task"})
     decode_threads: int = field(default=2, metadata={"help": "of those, how many decode/resize/encode at once"})
     timeout_s: float = 10.0
     retries: int = 2
+    shard_retries: int = field(default=2, metadata={"help": "times a shard is redone whole after a storage error"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
@@ -65,17 +62,20 @@ class ShardConfig:
         for name in ("samples_per_shard", "image_size", "thread_count", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if min(self.retries, self.shard_retries) < 0 or self.timeout_s <= 0:
+            raise ConfigError("retries and shard_retries must be >= 0, timeout_s > 0")
         if not 1 <= self.encode_quality <= 100:
             raise ConfigError(f"encode_quality must be in 1..100, got {self.encode_quality}")
         if self.max_aspect_ratio < 1:
             raise ConfigError(f"max_aspect_ratio must be at least 1, got {self.max_aspect_ratio}")
-        self.extensions = tuple(e if e.startswith(".") else "." + e for e in (x.lower() for x in self.extensions))
+        # normalised once, while the config is built (frozen after): ".JPG" and "jpg" both mean ".jpg"
+        object.__setattr__(self, "extensions", tuple(e if e.startswith(".") else "." + e
+                                                     for e in (x.lower() for x in self.extensions)))
 
     def worker_spec(self, key_digits: int) -> WorkerSpec:
-        resize = ResizeSpec(self.image_size, self.resize_mode, self.resize_only_if_bigger, self.output_format,
-                            self.encode_quality, self.min_image_size, self.max_aspect_ratio, self.max_image_pixels)
+        resize = ResizeSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ResizeSpec)})
         return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, self.timeout_s,
-                          self.retries)
+                          self.retries, self.shard_retries)
 
 
 def summarize(results: list[dict], num_already_done: int, manifest: dict, seconds: float) -> str:

@@ -11,7 +11,7 @@ from model.views import ViewConfig
 from common.config import ConfigError
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     shards: str = field(metadata={"help": "image shards (pipelines/shard.py output), local or s3://"})
     clip: str = field(metadata={"help": "sidecars of those shards (pipelines/embed.py output)"})
@@ -28,7 +28,7 @@ class DataConfig:
                               "in_memory_batches >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"  # sgd (HSG) or adamw
     lr: float = 0.1
@@ -46,7 +46,7 @@ class OptimConfig:
             raise ConfigError("optim: lr > 0, warmup_steps >= 0, grad_clip >= 0, grad_accumulation_steps >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = 2
     use_gpu: bool = False
@@ -65,7 +65,7 @@ class ScalingConfig:
             raise ConfigError(f"scaling.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "clips4"
     storage_path: str = "runs"  # local folder or s3:// prefix: checkpoints and the exported model under NAME/
@@ -82,7 +82,7 @@ class RunConfig:
             raise ConfigError("run: checkpoint_every_steps, log_every_steps, num_checkpoints_kept must be >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig
     epochs: int = 10

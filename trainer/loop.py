@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import deepspeed
 import ray
@@ -19,7 +20,6 @@ import torch
 
 from formats.model_file import save_model
 from model.network import build_network
-from common.config import build_config
 from formats.prototypes import load_prototypes
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
@@ -28,6 +28,15 @@ from trainer.unknown import UnknownRefresher
 from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
 
 CHECKPOINT_TAG = "engine"
+
+
+@dataclass(frozen=True)
+class LoopInputs:
+    """What every worker's loop receives (Ray Train passes it in `train_loop_config["inputs"]`)."""
+
+    cfg: TrainConfig  # resolved by trainer.train.resolve: absolute paths, the teacher's width
+    image_size: int  # the embed job's canvas side
+    teacher: dict  # TeacherConfig fields of the teacher that made the features, for the model file
 
 
 def _targets(protos: dict) -> torch.Tensor | None:
@@ -47,7 +56,8 @@ def _save(engine, metrics: dict, client_state: dict) -> None:
 
 
 def train_loop(config: dict) -> None:
-    cfg: TrainConfig = build_config(TrainConfig, config["train"])
+    inputs: LoopInputs = config["inputs"]
+    cfg = inputs.cfg
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     on_gpu = torch.cuda.is_available() and cfg.scaling.use_gpu
@@ -77,7 +87,7 @@ def train_loop(config: dict) -> None:
             _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
         micro_step = client["micro_step"]
 
-    spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, config["image_size"], cfg.data.batch_size_per_worker,
+    spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, inputs.image_size, cfg.data.batch_size_per_worker,
                       cfg.data.shuffle_buffer, cfg.views, cfg.feature_size, cfg.run.seed, cfg.data.max_bad_samples)
     os.makedirs(os.path.join(cfg.run.log_dir, cfg.run.name), exist_ok=True)
     log = MetricsLog(os.path.join(cfg.run.log_dir, cfg.run.name), optimizer_steps_total, enabled=rank == 0)
@@ -124,7 +134,7 @@ def train_loop(config: dict) -> None:
     log.close()
     if keys_log:
         keys_log.close()
-    export(engine, cfg, config["teacher"])
+    export(engine, cfg, inputs.teacher)
 
 
 def export(engine, cfg: TrainConfig, teacher: dict) -> None:

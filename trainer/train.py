@@ -10,21 +10,21 @@ run.storage_path continues from its last checkpoint; failed workers are restarte
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
+from dataclasses import replace
 
 import pyarrow.fs
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from common.config import job_config
+from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from common.storage import filesystem
 from formats.sidecar import read_embed_manifest
 from trainer.config import TrainConfig
-from trainer.loop import train_loop
+from trainer.loop import LoopInputs, train_loop
 
 
 def storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -40,19 +40,29 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+def resolve(cfg: TrainConfig, embedded: dict) -> TrainConfig:
+    """The config the workers run, a new object: local paths made absolute, and the projection head
+    in the width of the CLIP features (`network.clip_dim` 0), or a ConfigError when the user's differs."""
+    width = embedded["embed_dim"]
+    if cfg.network.clip_dim not in (0, width):
+        raise ConfigError(f"network.clip_dim={cfg.network.clip_dim}, but the CLIP features in {cfg.data.clip} are "
+                          f"{width}-d: leave it 0 (the features' width) or set {width}")
+    return replace(cfg, data=replace(cfg.data, shards=_absolute(cfg.data.shards), clip=_absolute(cfg.data.clip)),
+                   run=replace(cfg.run, storage_path=_absolute(cfg.run.storage_path), log_dir=_absolute(cfg.run.log_dir)),
+                   network=replace(cfg.network, clip_dim=width))
+
+
 def run(cfg: TrainConfig) -> ray.train.Result:
-    cfg.data.shards, cfg.data.clip = _absolute(cfg.data.shards), _absolute(cfg.data.clip)
-    cfg.run.storage_path, cfg.run.log_dir = _absolute(cfg.run.storage_path), _absolute(cfg.run.log_dir)
     embedded = read_embed_manifest(cfg.data.clip)
     if embedded["random_init"]:
         logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)
-    cfg.network.clip_dim = embedded["embed_dim"]  # the projection head speaks the teacher's space
+    cfg = resolve(cfg, embedded)
     init_ray()
     path, filesystem_ = storage(cfg.run.storage_path)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": dataclasses.asdict(cfg), "image_size": embedded["image_size"],
-                           "teacher": {"model": embedded["clip_model"], "pretrained": embedded["pretrained"]}},
+        train_loop_config={"inputs": LoopInputs(cfg, embedded["image_size"], {"model": embedded["clip_model"],
+                                                                          "pretrained": embedded["pretrained"]})},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
@@ -70,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = job_config(TrainConfig, argv, __doc__)
     if cfg is None:
         return 2
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except ConfigError as e:  # the settings disagree with the CLIP features they point at
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"trained: last checkpoint {result.checkpoint.path if result.checkpoint else None}; "
           f"model file {cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/model.pt")
     return 0

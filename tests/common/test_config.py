@@ -1,6 +1,9 @@
+import dataclasses
+
 import pytest
 
 from common.config import ConfigError, parse_config
+from formats.images import ResizeSpec
 from pipelines.shard import ShardConfig
 
 
@@ -26,3 +29,59 @@ def test_flags_yaml_and_overrides_map_onto_one_dataclass(tmp_path):
 def test_bad_configs_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(ShardConfig, argv)
+
+
+def test_a_profile_lies_under_every_value_the_user_gives(tmp_path):
+    profile = tmp_path / "quick.yaml"
+    profile.write_text("input: p\noutput: p\nimage_size: 32\nencode_quality: 50\nsamples_per_shard: 7\n")
+    user = tmp_path / "user.yaml"
+    user.write_text("encode_quality: 60\n")
+    profiles = {"quick": str(profile)}
+    cfg = parse_config(ShardConfig, ["--quick"], profiles=profiles)
+    assert (cfg.input, cfg.image_size, cfg.encode_quality, cfg.samples_per_shard) == ("p", 32, 50, 7)
+    cfg = parse_config(ShardConfig, ["--profile", "quick", "--config", str(user), "--image-size", "64",
+                                     "samples_per_shard=9"], profiles=profiles)
+    assert (cfg.input, cfg.image_size, cfg.encode_quality, cfg.samples_per_shard) == ("p", 64, 60, 9)
+
+
+def test_yaml_sections_merge_key_by_key():
+    from common.config import _merge
+
+    assert _merge({"a": 1, "s": {"x": 1, "y": 2}}, {"s": {"y": 3}, "b": 4}) == {"a": 1, "s": {"x": 1, "y": 3}, "b": 4}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("input: [unclosed\n", "is not valid YAML"),
+    ("- a list\n", "must hold a mapping"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_config(ShardConfig, ["--config", str(path)])
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match="No such file"):
+        parse_config(ShardConfig, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_flags_are_never_guessed_from_a_prefix():
+    with pytest.raises(SystemExit):  # argparse's usage error (exit status 2), not --timeout-s
+        parse_config(ShardConfig, ["--input", "a", "--output", "b", "--timeout", "3"])
+
+
+def test_configs_are_frozen_and_shard_settings_reach_the_worker():
+    cfg = parse_config(ShardConfig, ["--input", "a", "--output", "b", "--image-size", "64", "--shard-retries", "5"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.image_size = 3
+    spec = cfg.worker_spec(key_digits=3)
+    assert spec.resize.image_size == 64 and spec.shard_retries == 5 and type(spec.resize) is ResizeSpec
+
+
+def test_the_main_jobs_quick_profile_never_overwrites_the_user():
+    from pipelines.main import PROFILES, MainConfig
+
+    quick = parse_config(MainConfig, ["--quick"], profiles=PROFILES)
+    assert (quick.num_train, quick.teacher_epochs, quick.train_overrides) == (3000, 4, ("loss.semantic_weight=4",))
+    mine = parse_config(MainConfig, ["--quick", "--num-train", "100", "--teacher-epochs", "2"], profiles=PROFILES)
+    assert (mine.num_train, mine.teacher_epochs, mine.num_val) == (100, 2, quick.num_val)
+    assert parse_config(MainConfig, [], profiles=PROFILES).teacher_epochs == 12
