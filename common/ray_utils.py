@@ -40,21 +40,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     log.info("ray: %s CPUs, %s GPUs", ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
 
 
-def _stop_local_monitor() -> None:
-    """Stop the autoscaler monitor of a Ray this process started, ahead of `ray.shutdown()`.
-
-    `ray.shutdown()` stops the GCS before the monitor; the monitor's exit handler then reports to
-    the dead GCS and hangs until Ray's one-second kill timeout, on every local run. Killed first
-    it goes at once; nothing of it is lost, a local cluster's monitor has no nodes to scale.
-    """
-    node = ray._private.worker._global_node  # no public handle on the processes ray.init started
-    if node is not None and node.head:
-        node._kill_process_type(ray._private.ray_constants.PROCESS_TYPE_MONITOR, check_alive=False, wait=True)
-
-
 def shutdown_ray() -> None:
-    """`ray.shutdown()` without the monitor's one-second wait."""
-    _stop_local_monitor()
+    """`ray.shutdown()`, from our own exit hook for a local Ray.
+
+    A local shutdown takes about 1.2 s here, 0.8 s of it Ray stopping the GCS before the autoscaler
+    monitor, whose exit handler then waits on the dead GCS until Ray kills it. Only Ray's private
+    node handle can stop the monitor first, so we pay the wait rather than depend on Ray's internals.
+    """
     ray.shutdown()
 
 

@@ -16,8 +16,6 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-cv2.setNumThreads(1)  # one Ray worker per core; OpenCV's own threads would oversubscribe them
-
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
 # Image files the jobs take as input (by name): what Pillow opens, as img2dataset accepts.
 INPUT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -53,6 +51,19 @@ class EncodedImage:
     extension: str
     original_size: tuple[int, int]  # (width, height)
     size: tuple[int, int]
+
+
+def configure_decoders(max_image_pixels: int) -> None:
+    """Process-wide codec settings for a worker process that decodes on the one core Ray gave its task;
+    called where such a task starts, never on import (the trainer's loader workers keep the defaults).
+
+    OpenCV's own thread pool would oversubscribe that core. Pillow's decompression-bomb guard is a
+    module global: set here once, so that it admits what `max_image_pixels` admits (decode_bgr
+    rejects anything larger itself, from the header), and its warning is silenced since we decide.
+    """
+    cv2.setNumThreads(1)
+    Image.MAX_IMAGE_PIXELS = max_image_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _ends_like_complete_jpeg(data: bytes) -> bool:
@@ -96,27 +107,24 @@ def decode_bgr(data: bytes, spec: ResizeSpec) -> tuple[np.ndarray, tuple[int, in
     if not data:
         raise ImageRejected("empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = spec.max_image_pixels
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > spec.max_image_pixels:
-                raise ImageRejected("too_many_pixels", f"{width}x{height}")
-            plain_jpeg = (img.format == "JPEG" and img.mode in ("RGB", "L")
-                          and img.getexif().get(_EXIF_ORIENTATION, 1) == 1 and _ends_like_complete_jpeg(data))
-            if plain_jpeg:
-                min_w, min_h = _needed_size(width, height, spec)
-                try:
-                    return simplejpeg.decode_jpeg(data, "BGR", min_height=min_h, min_width=min_w), (width, height)
-                except ValueError:
-                    pass  # an unusual JPEG variant: Pillow decides below
-            img.load()
-            bgr = _pillow_to_bgr(img)
-            return bgr, (bgr.shape[1], bgr.shape[0])
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > spec.max_image_pixels:  # from the header, before any pixel is decoded
+            raise ImageRejected("too_many_pixels", f"{width}x{height}")
+        plain_jpeg = (img.format == "JPEG" and img.mode in ("RGB", "L")
+                      and img.getexif().get(_EXIF_ORIENTATION, 1) == 1 and _ends_like_complete_jpeg(data))
+        if plain_jpeg:
+            min_w, min_h = _needed_size(width, height, spec)
+            try:
+                return simplejpeg.decode_jpeg(data, "BGR", min_height=min_h, min_width=min_w), (width, height)
+            except ValueError:
+                pass  # an unusual JPEG variant: Pillow decides below
+        img.load()
+        bgr = _pillow_to_bgr(img)
+        return bgr, (bgr.shape[1], bgr.shape[0])
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:  # past twice Pillow's limit: refused inside Image.open
         raise ImageRejected("too_many_pixels", str(e)) from None
     except UnidentifiedImageError:
         raise ImageRejected("not_an_image") from None

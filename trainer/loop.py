@@ -137,11 +137,24 @@ def train_loop(config: dict) -> None:
     export(engine, cfg, inputs.teacher)
 
 
+def master_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The module's state on the CPU with every parameter's fp32 master copy, not the bf16 weights the
+    forward pass uses. DeepSpeed keeps that copy apart under ZeRO 1-3 and its bf16 optimizer and
+    hands it out through its public safe_get_full_fp32_param (a collective under ZeRO-3: every rank
+    calls this); otherwise the parameter is the master. Buffers (batch-norm statistics) as they are."""
+    params = {}
+    for name, param in engine.module.named_parameters():
+        master = deepspeed.utils.safe_get_full_fp32_param(param)
+        params[name] = (param if master is None else master).detach().float().cpu()
+    buffers = {k: v.detach().cpu() for k, v in engine.module.state_dict().items() if k not in params}
+    return {**buffers, **params}
+
+
 def export(engine, cfg: TrainConfig, teacher: dict) -> None:
     """Rank 0 writes the plain weights file inference reads (formats/model_file.py)."""
-    state = engine._zero3_consolidated_16bit_state_dict() if cfg.scaling.zero_stage == 3 else engine.module.state_dict()
+    state = master_state_dict(engine)
     if ray.train.get_context().get_world_rank() == 0:
         net = build_network(cfg.network)
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        net.load_state_dict(state)
         save_model(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/model.pt", net, teacher,
                    prototypes=load_prototypes(cfg.data.clip))

@@ -18,6 +18,7 @@ import torch
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import TeacherConfig, dense_and_global
 from model.superpixels import SuperpixelConfig, superpixels
+from formats.images import ResizeSpec, configure_decoders
 from formats.shards import ShardWriter, is_committed, read_samples, tar_name
 from formats.sidecar import encode_sample, num_parts, part_name, sample_canvas
 
@@ -33,6 +34,7 @@ class EmbedSpec:
 
 def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
     """One row per unfinished part of shard row["shard"]: keys, canvases [N, S, S, 3], superpixels [N, S, S]."""
+    configure_decoders(ResizeSpec().max_image_pixels)
     shard = row["shard"]
     samples = read_samples(spec.input, shard)
     chunks = []

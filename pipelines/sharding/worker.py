@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from formats.images import ImageRejected, ResizeSpec, process_image
+from formats.images import ImageRejected, ResizeSpec, configure_decoders, process_image
 from formats.shards import ShardWriter, is_committed, read_stats
 from pipelines.sharding.sources import FetchError, fetch
 from common.storage import filesystem, join
@@ -104,6 +104,7 @@ def _write_shard(name: str, spec: WorkerSpec, dedup) -> dict:
 
 def process_shard(name: str, spec: WorkerSpec, dedup=None) -> dict:
     """Write shard `name` unless already committed; returns its stats with a `status` field."""
+    configure_decoders(spec.resize.max_image_pixels)
     if is_committed(spec.output, name):
         return {**read_stats(spec.output, name), "status": "skipped"}
     for attempt in range(spec.shard_retries + 1):

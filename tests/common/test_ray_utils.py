@@ -60,7 +60,7 @@ def test_a_local_run_leaves_no_ray_process_behind():
     assert done.returncode == 0, done.stderr[-3000:]
     started = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.split(" ", 1)[0].isdigit())
     assert any("gcs_server" in cmd for cmd in started.values()), started
-    assert any("autoscaler/_private/monitor.py" in cmd for cmd in started.values()), started  # stopped first
+    assert any("autoscaler/_private/monitor.py" in cmd for cmd in started.values()), started  # gone too
     deadline = time.time() + 15
     while time.time() < deadline and any(_alive(int(pid)) for pid in started):
         time.sleep(0.2)

@@ -1,3 +1,9 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -93,3 +99,24 @@ def test_jpeg_decoded_at_reduced_size_matches_a_full_decode_then_resize():
     assert np.abs(reduced.astype(float) - expected).mean() < 3
     out = process_image(data, ResizeSpec(image_size=256))
     assert out.original_size == (640, 480) and out.size == (341, 256)
+
+
+def test_importing_and_decoding_change_no_process_wide_setting():
+    """cv2's thread count and Pillow's bomb limit are set by the shard and embed tasks, not on import."""
+    code = ("import cv2; from PIL import Image; before = (cv2.getNumThreads(), Image.MAX_IMAGE_PIXELS)\n"
+            "import formats.images as im, numpy as np\n"
+            "ok, png = cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8))\n"
+            "im.decode_bgr(png.tobytes(), im.ResizeSpec(max_image_pixels=64))\n"
+            "assert (cv2.getNumThreads(), Image.MAX_IMAGE_PIXELS) == before, (before, cv2.getNumThreads())\n"
+            "im.configure_decoders(1000)\n"
+            "assert (cv2.getNumThreads(), Image.MAX_IMAGE_PIXELS) == (1, 1000)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header():
+    ok, png = cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(ImageRejected, match="too_many_pixels: 40x40"):
+        decode_bgr(png.tobytes(), ResizeSpec(max_image_pixels=1599))
+    assert decode_bgr(png.tobytes(), ResizeSpec(max_image_pixels=1600))[1] == (40, 40)
