@@ -54,8 +54,8 @@ def main() -> None:
     from formats.manifest import MANIFEST
 
     if not (work / "shards" / MANIFEST).exists():
-        from pipelines import shard
         from demo.synth import write_corpus
+        from pipelines import shard
 
         write_corpus(str(work / "corpus"), num_train=args.num_images, num_val=0, size=256)
         shard.run(shard.ShardConfig(input=str(work / "corpus" / "train"), output=str(work / "shards"),

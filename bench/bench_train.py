@@ -25,10 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def prepare(root: Path, num_images: int) -> None:
-    from pipelines import embed, shard
     from demo.synth import CLASSES, write_corpus
-
     from formats.prototypes import has_prototypes
+    from pipelines import embed, shard
 
     if has_prototypes(str(root / "clip")):
         return
@@ -63,11 +62,11 @@ def bare_rate(root: Path, args) -> dict:
     """One process, all cores, the global batch (2 workers' worth), batches built once and reused."""
     import torch
 
-    from model.network import build_network
+    from formats.prototypes import load_prototypes
     from formats.sidecar import read_embed_manifest
+    from model.network import build_network
     from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
     from trainer.step import build_optimizer, forward_losses
-    from formats.prototypes import load_prototypes
 
     cfg = train_config(root, "bare", args)
     cfg = replace(cfg, network=replace(cfg.network, clip_dim=read_embed_manifest(cfg.data.clip)["embed_dim"]))

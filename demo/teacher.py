@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from formats.manifest import read_manifest
 from common.storage import join
+from formats.manifest import read_manifest
 
 log = logging.getLogger("teacher")
 

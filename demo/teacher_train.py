@@ -7,8 +7,9 @@ Every flag is open_clip_train's; the only addition is that `model/clip_configs/`
 
 import sys
 
-import model.clip_teacher  # noqa: F401  (registers model/clip_configs with open_clip)
 from open_clip_train.main import main
+
+import model.clip_teacher  # noqa: F401  (registers model/clip_configs with open_clip)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

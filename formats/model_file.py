@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from model.network import NetworkConfig, SegNet, build_network
 from common.storage import filesystem, write_bytes_atomic
+from model.network import NetworkConfig, SegNet, build_network
 
 FORMAT_VERSION = 1
 

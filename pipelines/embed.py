@@ -23,18 +23,18 @@ import ray
 import torch
 from tqdm import tqdm
 
+from common.config import ConfigError, job_config
+from common.ray_utils import cluster_cpus, init_ray
+from common.storage import filesystem, join
+from formats.manifest import read_manifest, shard_counts
+from formats.prototypes import has_prototypes, read_class_names, save_prototypes
+from formats.shards import is_committed, read_stats, tar_name
+from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig
 from model.superpixels import SuperpixelConfig
-from common.config import ConfigError, job_config
 from pipelines.embedding.prototypes import build_prototypes, sample_dense
 from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, prepare_chunks
-from formats.manifest import read_manifest, shard_counts
-from formats.prototypes import has_prototypes, read_class_names, save_prototypes
-from common.ray_utils import cluster_cpus, init_ray
-from formats.shards import is_committed, read_stats, tar_name
-from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
-from common.storage import filesystem, join
 
 log = logging.getLogger("embed")
 FORMAT_VERSION = 1

@@ -30,18 +30,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from model.clip_teacher import text_prototypes
-from model.inference import fit_clusters
-from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, segmentation_scores,
-                           seen_unseen_scores)
 from common.config import ConfigError, job_config
-from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
-from model.metrics import IGNORE_INDEX
 from common.ray_utils import init_ray
-from pipelines.inference.pictures import colorize, compose, encode_png
-from model.inference import Head, InferenceOptions, predict
-from pipelines.inference.predict import METHODS, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 from common.storage import filesystem, join, write_bytes_atomic, write_json_atomic
+from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from model.clip_teacher import text_prototypes
+from model.inference import Head, InferenceOptions, fit_clusters, predict
+from model.metrics import (
+    IGNORE_INDEX,
+    apply_mapping,
+    confusion_matrix,
+    hungarian_match,
+    seen_unseen_scores,
+    segmentation_scores,
+)
+from pipelines.inference.pictures import colorize, compose, encode_png
+from pipelines.inference.predict import METHODS, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 
 log = logging.getLogger("evaluate")
 

@@ -18,13 +18,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model.superpixels import SuperpixelConfig
-from demo import synth
-from pipelines import embed, evaluate, shard
 from common.config import ConfigError, build_config, job_config, parse_config
-from demo.report import write_report
 from common.storage import filesystem, join
+from demo import synth
+from demo.report import write_report
 from demo.teacher import TeacherRecipe, ensure_teacher
+from model.superpixels import SuperpixelConfig
+from pipelines import embed, evaluate, shard
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")

@@ -24,17 +24,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from model.clip_teacher import text_prototypes
-from model.inference import classfree_names, fit_clusters
 from common.config import ConfigError, job_config
+from common.ray_utils import init_ray
+from common.storage import filesystem, join, write_bytes_atomic
 from formats.datasets import Sample
+from formats.images import INPUT_EXTENSIONS
+from model.clip_teacher import text_prototypes
+from model.inference import Head, InferenceOptions, classfree_names, fit_clusters, predict
 from model.metrics import IGNORE_INDEX
 from pipelines.inference.pictures import compose, encode_png, overlay_image
-from model.inference import Head, InferenceOptions, predict
 from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
-from common.ray_utils import init_ray
-from formats.images import INPUT_EXTENSIONS
-from common.storage import filesystem, join, write_bytes_atomic
 
 log = logging.getLogger("segment")
 

@@ -22,15 +22,14 @@ import ray
 from tqdm import tqdm
 
 from common.config import ConfigError, job_config
-from pipelines.sharding.dedup import start_dedup
-from formats.images import OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
-from formats.manifest import write_manifest
 from common.ray_utils import cluster_cpus, init_ray
-from pipelines.sharding.plan import make_plan
-from pipelines.sharding.worker import WorkerSpec, process_shard
+from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
+from formats.manifest import write_manifest
 from formats.shards import is_committed
-from formats.images import INPUT_EXTENSIONS
+from pipelines.sharding.dedup import start_dedup
+from pipelines.sharding.plan import make_plan
 from pipelines.sharding.sources import SourceSpec
+from pipelines.sharding.worker import WorkerSpec, process_shard
 
 log = logging.getLogger("shard")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.config import ConfigError
 from model.network import NetworkConfig
 from model.objective import LossConfig
 from model.views import ViewConfig
-from common.config import ConfigError
 
 
 @dataclass(frozen=True)

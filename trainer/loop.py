@@ -19,13 +19,13 @@ import ray.train
 import torch
 
 from formats.model_file import save_model
-from model.network import build_network
 from formats.prototypes import load_prototypes
+from model.network import build_network
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
 from trainer.metrics_log import MetricsLog
-from trainer.unknown import UnknownRefresher
 from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
+from trainer.unknown import UnknownRefresher
 
 CHECKPOINT_TAG = "engine"
 

@@ -8,10 +8,10 @@ import random
 import numpy as np
 import torch
 
-from model.clip_teacher import Teacher, text_prototypes
-from model.prototypes import discover_unknown
 from formats.shards import read_samples
 from formats.sidecar import decode_sample
+from model.clip_teacher import Teacher, text_prototypes
+from model.prototypes import discover_unknown
 
 
 def sample_dense(output: str, parts: list[str], num_images: int, max_vectors: int, seed: int) -> torch.Tensor:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from formats.teacher_weights import load_teacher
-from model.clip_teacher import TeacherConfig, dense_and_global
-from model.superpixels import SuperpixelConfig, superpixels
 from formats.images import ResizeSpec, configure_decoders
 from formats.shards import ShardWriter, is_committed, read_samples, tar_name
 from formats.sidecar import encode_sample, num_parts, part_name, sample_canvas
+from formats.teacher_weights import load_teacher
+from model.clip_teacher import TeacherConfig, dense_and_global
+from model.superpixels import SuperpixelConfig, superpixels
+
 
 @dataclass(frozen=True)
 class EmbedSpec:

@@ -24,7 +24,6 @@ from model.clip_teacher import Teacher, TeacherConfig
 from model.inference import InferenceOptions, default_device, grid_samples, image_tensor, multiscale_outputs
 from model.network import SegNet, build_network
 
-
 log = logging.getLogger("predict")
 
 TEACHER_ONLY = "teacher"  # --checkpoint value: the CLIP teacher (MaskCLIP) is the model itself

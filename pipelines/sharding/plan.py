@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import pyarrow.parquet as pq
 
 from common.config import ConfigError
-from pipelines.sharding.worker import plan_path
-from pipelines.sharding.sources import SourceSpec, list_inputs, rows_to_table
 from common.storage import filesystem, join, read_json, write_bytes_atomic, write_json_atomic
+from pipelines.sharding.sources import SourceSpec, list_inputs, rows_to_table
+from pipelines.sharding.worker import plan_path
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from common.storage import filesystem, join
 from formats.images import ImageRejected, ResizeSpec, configure_decoders, process_image
 from formats.shards import ShardWriter, is_committed, read_stats
 from pipelines.sharding.sources import FetchError, fetch
-from common.storage import filesystem, join
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.inference import (classfree_labels, classfree_names, cluster_labels, dense_outputs, fit_clusters,
-                             language_labels)
+from model.inference import (
+    classfree_labels,
+    classfree_names,
+    cluster_labels,
+    dense_outputs,
+    fit_clusters,
+    language_labels,
+)
 from model.network import ModelOutput, NetworkConfig, build_network
 
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.metrics import (apply_mapping, confusion_matrix, hungarian_match, segmentation_scores,
-                           seen_unseen_scores)
+from model.metrics import apply_mapping, confusion_matrix, hungarian_match, seen_unseen_scores, segmentation_scores
 
 # 9 labelled pixels and one ignored; rows gt, cols pred:
 #   gt 0: pred 0,0,1   -> [2, 1, 0]

@@ -6,16 +6,15 @@ import random
 import numpy as np
 import torch
 
+from demo.synth import CLASSES, render_scene
 from model.clip_teacher import TeacherConfig, dense_features, load_teacher, text_prototypes
 from model.inference import cluster_labels, dense_outputs, fit_clusters
 from model.metrics import apply_mapping, confusion_matrix, hungarian_match, segmentation_scores
 from model.network import NetworkConfig, build_network
-from model.objective import LossConfig
-from model.objective import compute_losses
+from model.objective import LossConfig, compute_losses
 from model.segmenter import SegmenterConfig
 from model.superpixels import SuperpixelConfig, superpixels
 from model.views import ViewConfig, collate_views
-from demo.synth import CLASSES, render_scene
 
 SIZE = 64
 

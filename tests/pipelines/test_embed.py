@@ -15,16 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from formats.teacher_weights import load_teacher
-from model.clip_teacher import TeacherConfig, dense_and_global
-from pipelines import embed, shard
 from common.config import ConfigError
+from demo.synth import CLASSES, write_corpus
 from formats.prototypes import load_prototypes
 from formats.shards import read_samples as read_shard
 from formats.shards import read_stats
-from formats.sidecar import shard_parts
-from formats.sidecar import decode_sample, to_canvas
-from demo.synth import CLASSES, write_corpus
+from formats.sidecar import decode_sample, shard_parts, to_canvas
+from formats.teacher_weights import load_teacher
+from model.clip_teacher import TeacherConfig, dense_and_global
+from pipelines import embed, shard
 from tests.pipelines.test_shard import settled_count
 
 

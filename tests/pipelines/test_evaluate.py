@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from demo.synth import write_corpus
 from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig, text_prototypes
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines.evaluate import EvalConfig, _json_safe, main, markdown_table, run
 from pipelines.inference.predict import LocalMapper, ModelSpec
-from demo.synth import write_corpus
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
 NAMES = ["sky", "grass", "cat", "road"]

@@ -7,15 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 
-from formats.manifest import read_manifest
 from demo.synth import write_corpus
+from formats.manifest import read_manifest
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+from demo.synth import write_corpus
 from formats.model_file import save_model
+from model.baselines import RawPixels
 from model.clip_teacher import TeacherConfig
+from model.inference import Head, InferenceOptions, grid_samples, multiscale_outputs, predict
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines.inference.pictures import colorize, overlay_image, palette
-from model.baselines import RawPixels
-from model.inference import Head, InferenceOptions, grid_samples, multiscale_outputs, predict
 from pipelines.inference.predict import LocalMapper, ModelSpec
 from pipelines.segment import SegmentConfig, list_images, main, run
-from demo.synth import write_corpus
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
 

@@ -17,9 +17,9 @@ import pytest
 import s3fs
 
 from bench.loopback_http import serve_folder
+from demo.synth import write_corpus
 from formats.manifest import read_manifest
 from pipelines.shard import main as shard_main
-from demo.synth import write_corpus
 from tests.bad_images import awkward_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,10 +205,9 @@ def test_decoding_threads_are_capped_while_many_fetch(corpus, tmp_path, monkeypa
     """16 threads fetch, at most `decode_threads` of them decode at once: in-process, no Ray."""
     import threading
 
+    from formats.images import INPUT_EXTENSIONS, ResizeSpec
     from pipelines.sharding import worker as shard_worker
-    from formats.images import ResizeSpec
     from pipelines.sharding.plan import make_plan
-    from formats.images import INPUT_EXTENSIONS
     from pipelines.sharding.sources import SourceSpec
 
     out = str(tmp_path / "shards")

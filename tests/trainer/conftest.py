@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipelines import embed, shard
 from demo.synth import CLASSES, write_corpus
+from pipelines import embed, shard
 
 
 @pytest.fixture(scope="module")

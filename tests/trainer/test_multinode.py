@@ -8,10 +8,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from pipelines import embed, shard
 from demo.synth import write_corpus
-from trainer import train
+from pipelines import embed, shard
 from tests.trainer.test_train import config, metrics
+from trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from common.config import build_config
 from formats.model_file import load_model
 from trainer import train
 from trainer.config import TrainConfig
-from common.config import build_config
 
 
 def config(root, name, **over):
