@@ -49,6 +49,10 @@ def tar_name(name: str) -> str:
     return f"{name}.tar"
 
 
+def ledger_name(name: str) -> str:
+    return f"{name}.parquet"
+
+
 def stats_path(root: str, name: str) -> str:
     return join(root, name + STATS_SUFFIX)
 
@@ -66,7 +70,7 @@ def read_stats(output: str, name: str) -> dict:
 def committed_names(output: str) -> list[str]:
     """Names of the committed shards under `output`, from one listing, sorted."""
     fs, root = filesystem(output)
-    paths = fs.ls(root, detail=False) if fs.exists(root) else []
+    paths = fs.ls(root, detail=False)
     return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
 
 
@@ -117,7 +121,7 @@ class ShardWriter:
             os.unlink(self._tmp.name)
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(self.rows, schema=LEDGER_SCHEMA), buf)
-        write_bytes_atomic(fs, join(root, f"{self.name}.parquet"), buf.getvalue())
+        write_bytes_atomic(fs, join(root, ledger_name(self.name)), buf.getvalue())
         write_json_atomic(fs, stats_path(root, self.name), stats)
 
     def abort(self) -> None:

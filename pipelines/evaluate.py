@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -36,92 +34,13 @@ from common.storage import filesystem, join, write_bytes_atomic, write_json_atom
 from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
 from model.clip_teacher import text_prototypes
 from model.inference import Head, InferenceOptions, fit_clusters, predict
-from model.metrics import (
-    IGNORE_INDEX,
-    apply_mapping,
-    confusion_matrix,
-    hungarian_match,
-    seen_unseen_scores,
-    segmentation_scores,
-)
-from pipelines.inference.pictures import colorize, compose, encode_png
-from pipelines.inference.predict import METHODS, Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
+from model.metrics import confusion_matrix
+from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, write_panels
+from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
+from pipelines.inference.pictures import encode_png
+from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 
 log = logging.getLogger("evaluate")
-
-
-# ---------------------------------------------------------------- scores of a summed confusion matrix
-
-
-def _scores(conf: np.ndarray, names: list[str]) -> dict[str, Any]:
-    s = segmentation_scores(conf)
-    return {"miou": s["miou"], "pixel_acc": s["pixel_acc"], "mean_class_acc": s["mean_class_acc"],
-            "iou": dict(zip(names, s["iou"].tolist())), "confusion": conf.tolist()}
-
-
-def language_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
-    return _scores(conf, names)
-
-
-def unsupervised_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
-    """Clusters [K, K] (rows classes, columns clusters) matched one-to-one to classes (Hungarian), then scored."""
-    mapping = hungarian_match(conf)
-    return {**_scores(apply_mapping(conf, mapping), names), "cluster_to_class": mapping.tolist(),
-            "cluster_confusion": conf.tolist()}
-
-
-def unseen_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
-    scores = _scores(conf, names)
-    iou = np.array([scores["iou"][n] for n in names], dtype=np.float64)
-    return {**scores, **seen_unseen_scores(iou, seen), "unseen_classes": [n for n, s in zip(names, seen) if not s]}
-
-
-@dataclass(frozen=True)
-class Task:
-    head: str  # a key of model.inference.HEADS; tasks with the same head share its predictions
-    baselines: tuple[str, ...]  # keys of pipelines.inference.predict.METHODS
-    score: Callable[[np.ndarray, list[str], np.ndarray], dict[str, Any]]  # (confusion, names, seen mask)
-    columns: tuple[tuple[str, str], ...]  # report.md (header, score key)
-
-
-TASKS: dict[str, Task] = {
-    "language": Task("language", ("teacher",), language_scores,
-                     (("language mIoU", "miou"), ("language acc", "pixel_acc"))),
-    "unsupervised": Task("clusters", ("pixels", "untrained"), unsupervised_scores,
-                         (("unsupervised mIoU", "miou"), ("unsupervised acc", "pixel_acc"))),
-    "unseen": Task("language", ("teacher",), unseen_scores,
-                   (("mIoU seen", "miou_seen"), ("mIoU unseen", "miou_unseen"), ("hIoU", "hiou"))),
-    "probe": Task("probe", ("untrained",), language_scores, (("probe mIoU", "miou"), ("probe acc", "pixel_acc"))),
-}
-METHOD_TITLES = {"student": "student", "teacher": "CLIP teacher alone (MaskCLIP)",
-                 "pixels": "k-means on raw pixels", "untrained": "untrained network"}
-
-
-# ---------------------------------------------------------------- heads fitted by the driver
-
-
-def train_probe(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int, lr: float,
-                batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A linear classifier on frozen pixel embeddings [N, E] (a 1x1 conv on the map) -> weight [K, E], bias [K].
-
-    Cross-entropy with Adam over shuffled mini-batches; IGNORE_INDEX pixels are left out.
-    """
-    keep = labels != IGNORE_INDEX
-    x, y = embeddings[keep].float(), labels[keep]
-    if not len(y):
-        raise ValueError("no labelled pixels to train the probe on")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        layer = nn.Linear(x.shape[1], num_classes)
-    optimizer = torch.optim.Adam(layer.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(y), generator=generator).split(batch_size):
-            loss = F.cross_entropy(layer(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return {"weight": layer.weight.detach(), "bias": layer.bias.detach()}
 
 
 @dataclass(frozen=True)
@@ -253,65 +172,6 @@ def score_images(results: Iterable[dict[str, Any]], keys: Iterable[str], num_cla
     return totals, panels
 
 
-def panel_indices(num_images: int, num_panels: int) -> frozenset[int]:
-    """Indices spread evenly over the split."""
-    return frozenset(np.linspace(0, num_images - 1, min(num_panels, num_images)).round().astype(int).tolist())
-
-
-def write_panels(output: str, data: EvalDataset, labels: dict[int, dict[str, np.ndarray]],
-                 methods: dict[str, list[str]], results: dict[str, dict[str, dict]]) -> None:
-    """panels/TASK_NAME.png: image, ground truth and each method's prediction, with a legend."""
-    fs, root = filesystem(join(output, "panels"))
-    fs.makedirs(root, exist_ok=True)
-    for index, by_head in sorted(labels.items()):
-        sample = data[index]
-        for task, by_method in results.items():
-            tiles = [("image", sample.image), ("ground truth", colorize(sample.mask))]
-            present = set(np.unique(sample.mask))
-            for m in methods[task]:
-                pred = by_head[f"{TASKS[task].head}/{m}"]
-                if "cluster_to_class" in by_method[m]:  # show clusters in the colours of their matched classes
-                    pred = np.asarray(by_method[m]["cluster_to_class"])[pred]
-                tiles.append((m, colorize(pred)))
-                present |= set(np.unique(pred))
-            picture = compose(tiles, data.class_names, present)
-            write_bytes_atomic(fs, join(root, f"{task}_{sample.name}.png"), encode_png(picture))
-
-
-# ---------------------------------------------------------------- report
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (a class absent from ground truth and prediction) becomes null: JSON has no NaN."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """report.md: a row per method, a column per task metric, in percent with one decimal."""
-    results = report["tasks"]
-    columns = [(task, header, key) for task in results for header, key in TASKS[task].columns]
-    methods = [m for m in METHODS if any(m in by_method for by_method in results.values())]
-    lines = [f"# {report['checkpoint']} on {report['dataset']} ({report['split']}, {report['num_images']} images)", ""]
-    if report["teacher"]["random_init"]:
-        lines += [f"**WARNING: the CLIP teacher ({report['teacher']['model']}) has RANDOM weights "
-                  "(pretrained=''): text-driven scores mean nothing.**", ""]
-    lines += ["| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for m in methods:
-        cells = [_percent(results[t][m][k]) if m in results[t] else "-" for t, _, k in columns]
-        lines.append(f"| {METHOD_TITLES[m]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     """Evaluate every task of `cfg`; returns the report (also written to cfg.output)."""
     spec = ModelSpec(cfg.checkpoint, cfg.clip_model, cfg.clip_pretrained, cfg.seed)
@@ -336,7 +196,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
                                         len(names))
     results = {t: {m: TASKS[t].score(totals[f"{TASKS[t].head}/{m}"], names, seen) for m in methods[t]}
                for t in cfg.tasks}
-    report = _json_safe({
+    report = json_safe({
         "checkpoint": cfg.checkpoint, "dataset": cfg.dataset, "split": cfg.split, "num_images": len(indices),
         "class_names": names, "config": dataclasses.asdict(cfg),
         "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained")},

@@ -25,6 +25,7 @@ from demo.report import write_report
 from demo.teacher import TeacherRecipe, ensure_teacher
 from model.superpixels import SuperpixelConfig
 from pipelines import embed, evaluate, shard
+from pipelines.evaluation.report import markdown_table
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     model_file = stage_train(cfg)
     report = stage_evaluate(cfg, model_file)
-    path = write_report(cfg.path(), evaluate.markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"))
+    path = write_report(cfg.path(), markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"))
     print(open(path).read())
     print(f"report: {path}")
     return 0

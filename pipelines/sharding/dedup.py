@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import ray
 
 from common.storage import filesystem, join
+from formats.shards import ledger_name
 
 
 @ray.remote(num_cpus=0)
@@ -29,7 +30,7 @@ def committed_hashes(output: str, names: list[str]) -> dict[str, str]:
     fs, root = filesystem(output)
     seed: dict[str, str] = {}
     for name in names:
-        table = pq.read_table(io.BytesIO(fs.cat_file(join(root, f"{name}.parquet"))), columns=["key", "status", "sha256"])
+        table = pq.read_table(io.BytesIO(fs.cat_file(join(root, ledger_name(name)))), columns=["key", "status", "sha256"])
         kept = table.filter(pc.equal(table["status"], "success"))
         seed.update(zip(kept["sha256"].to_pylist(), kept["key"].to_pylist()))
     return seed

@@ -17,7 +17,8 @@ from demo.synth import write_corpus
 from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig, text_prototypes
 from model.network import ModelOutput, NetworkConfig, build_network
-from pipelines.evaluate import EvalConfig, _json_safe, main, markdown_table, run
+from pipelines.evaluate import EvalConfig, main, run
+from pipelines.evaluation.report import json_safe, markdown_table
 from pipelines.inference.predict import LocalMapper, ModelSpec
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
@@ -116,7 +117,7 @@ def test_markdown_table_in_percent_with_gaps_and_the_random_teacher_warning():
     assert "| student | 45.7 | 90.0 | 12.5 | 100.0 |" in table
     assert "| CLIP teacher alone (MaskCLIP) | - | 25.0 | - | - |" in table
     assert "| k-means on raw pixels | - | - | 0.0 | 50.0 |" in table
-    assert _json_safe({"iou": [float("nan"), 0.5]}) == {"iou": [None, 0.5]}
+    assert json_safe({"iou": [float("nan"), 0.5]}) == {"iou": [None, 0.5]}
 
 
 def test_a_bad_task_is_a_config_error(checkpoint, corpus, tmp_path):

@@ -1,0 +1,71 @@
+"""What the evaluation leaves for people: report.md's table in percent, report.json made JSON-safe, and
+panels/TASK_NAME.png (image, ground truth, each method's labels, a legend)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from common.storage import filesystem, join, write_bytes_atomic
+from formats.datasets import EvalDataset
+from pipelines.evaluation.tasks import METHOD_TITLES, TASKS
+from pipelines.inference.pictures import colorize, compose, encode_png
+from pipelines.inference.predict import METHODS
+
+
+def panel_indices(num_images: int, num_panels: int) -> frozenset[int]:
+    """Indices spread evenly over the split."""
+    return frozenset(np.linspace(0, num_images - 1, min(num_panels, num_images)).round().astype(int).tolist())
+
+
+def write_panels(output: str, data: EvalDataset, labels: dict[int, dict[str, np.ndarray]],
+                 methods: dict[str, list[str]], results: dict[str, dict[str, dict]]) -> None:
+    """panels/TASK_NAME.png: image, ground truth and each method's prediction, with a legend."""
+    fs, root = filesystem(join(output, "panels"))
+    fs.makedirs(root, exist_ok=True)
+    for index, by_head in sorted(labels.items()):
+        sample = data[index]
+        for task, by_method in results.items():
+            tiles = [("image", sample.image), ("ground truth", colorize(sample.mask))]
+            present = set(np.unique(sample.mask))
+            for m in methods[task]:
+                pred = by_head[f"{TASKS[task].head}/{m}"]
+                if "cluster_to_class" in by_method[m]:  # show clusters in the colours of their matched classes
+                    pred = np.asarray(by_method[m]["cluster_to_class"])[pred]
+                tiles.append((m, colorize(pred)))
+                present |= set(np.unique(pred))
+            picture = compose(tiles, data.class_names, present)
+            write_bytes_atomic(fs, join(root, f"{task}_{sample.name}.png"), encode_png(picture))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (a class absent from ground truth and prediction) becomes null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """report.md: a row per method, a column per task metric, in percent with one decimal."""
+    results = report["tasks"]
+    columns = [(task, header, key) for task in results for header, key in TASKS[task].columns]
+    methods = [m for m in METHODS if any(m in by_method for by_method in results.values())]
+    lines = [f"# {report['checkpoint']} on {report['dataset']} ({report['split']}, {report['num_images']} images)", ""]
+    if report["teacher"]["random_init"]:
+        lines += [f"**WARNING: the CLIP teacher ({report['teacher']['model']}) has RANDOM weights "
+                  "(pretrained=''): text-driven scores mean nothing.**", ""]
+    lines += ["| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for m in methods:
+        cells = [_percent(results[t][m][k]) if m in results[t] else "-" for t, _, k in columns]
+        lines.append(f"| {METHOD_TITLES[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
