@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-quick lint bench env
+.PHONY: demo test test-quick lint bench env gpu-check gpu-check-vendor
 
 env: $(VENV)/.installed
 
@@ -24,3 +24,11 @@ test: lint
 
 test-quick: lint
 	$(PY) -m pytest -m "not slow" tests
+
+# The GPU machine lacks open_clip and its pure-Python dependencies: copy them where the check finds
+# them (bench/out/vendor, ignored by git; carry it). On that machine: python3 bench/gpu_check.py
+gpu-check-vendor: env
+	$(PY) bench/gpu_check.py --vendor bench/out/vendor
+
+gpu-check: gpu-check-vendor
+	$(PY) bench/gpu_check.py

@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -74,11 +75,18 @@ def committed_names(output: str) -> list[str]:
     return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
 
 
-def read_samples(url: str, name: str) -> list[dict]:
-    """Samples of `NAME.tar` under `url` as webdataset dicts ({"__key__": ..., "jpg": bytes, ...}), in order."""
+def iter_samples(url: str, name: str) -> Iterator[dict]:
+    """Samples of `NAME.tar` under `url` as webdataset dicts ({"__key__": ..., "jpg": bytes, ...}), in
+    order, streamed: one sample's members in memory at a time, and a consumer that stops early stops
+    the reading (the file closes with the generator)."""
     fs, root = filesystem(url)
     with fs.open(join(root, tar_name(name)), "rb") as stream:
-        return list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": name}])))
+        yield from wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": name}]))
+
+
+def read_samples(url: str, name: str) -> list[dict]:
+    """Every sample of `NAME.tar` at once (a shard the caller needs whole); see iter_samples."""
+    return list(iter_samples(url, name))
 
 
 @dataclass

@@ -53,13 +53,16 @@ def test_a_bad_trainer_setting_stops_the_run_before_any_stage(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_quick_profile_keeps_the_users_trainer_settings_after_its_own():
+def test_the_quick_profiles_trainer_settings_give_way_to_the_users():
     from common.config import parse_config
-    from pipelines.main import MainConfig
+    from pipelines.main import PROFILES, MainConfig
     from trainer.config import TrainConfig
 
-    cfg = parse_config(MainConfig, ["--quick", "true", "--train-overrides", "loss.semantic_weight=2,optim.lr=0.1"])
-    assert cfg.train_args()[-3:] == ["loss.semantic_weight=4", "loss.semantic_weight=2", "optim.lr=0.1"]
+    quick = parse_config(MainConfig, ["--quick"], profiles=PROFILES)
+    assert parse_config(TrainConfig, quick.train_args()).loss.semantic_weight == 4
+    cfg = parse_config(MainConfig, ["--quick", "--train-overrides", "loss.semantic_weight=2,optim.lr=0.1"],
+                       profiles=PROFILES)
+    assert cfg.train_args()[-2:] == ["loss.semantic_weight=2", "optim.lr=0.1"]  # the user's list, whole
     train = parse_config(TrainConfig, cfg.train_args())
     assert (train.loss.semantic_weight, train.optim.lr) == (2, 0.1)
     assert (cfg.num_train, cfg.teacher_epochs, cfg.teacher_lr_schedule) == (3000, 4, "const")

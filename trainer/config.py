@@ -17,7 +17,7 @@ class DataConfig:
     clip: str = field(metadata={"help": "sidecars of those shards (pipelines/embed.py output)"})
     batch_size_per_worker: int = 16  # images; each gives two views
     num_loader_workers: int = 2  # loader processes per training worker
-    shuffle_buffer: int = 256  # samples
+    shuffle_buffer: int = 256  # samples shuffled together: each block of this many consecutive samples
     max_bad_samples: int = 1000  # a loader worker gives up (the run fails loudly) past this many
     in_memory_batches: int = 0  # >0: load this many batches once and cycle them (benchmarks: no data cost)
 
@@ -54,7 +54,7 @@ class ScalingConfig:
     resources_per_worker: dict = field(default_factory=dict)  # extra Ray resources, e.g. {"accelerator_type:A10G": 0.01}
     placement_strategy: str = "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
-    bf16: bool = True  # on GPUs; CPU runs in fp32 whatever this says
+    bf16: bool = False  # the network's forward under bf16 autocast (weights, losses and k-means stay fp32)
 
     def __post_init__(self):
         if self.num_workers < 1 or self.cpus_per_worker < 1:

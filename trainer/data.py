@@ -1,15 +1,17 @@
 """Streaming training data: image shards and their CLIP sidecars read in lockstep by key, split by rank
 and loader worker, shuffled, decoded into two aligned views per image, batched.
 
-Every worker's stream is a pure function of (seed, epoch, rank, worker), so a restart replays it and
-skips the batches already trained on without decoding them: resuming mid-epoch neither repeats nor
-skips a sample. Streams cycle over their shards, so every rank runs the same number of steps. An
+Every worker's stream is a pure function of (seed, epoch, rank, worker) and the shards' sample
+counts: the shuffle buffer's order is computed on sample positions, so a restart reads only the
+samples it still has to train on (and the rest of a shard it resumes inside), never the ones
+before: resuming mid-epoch neither repeats nor skips a sample, and costs the same at any position. Streams cycle over their shards, so every rank runs the same number of steps. An
 epoch shows every sample exactly once when the shards split evenly over ranks x loader workers;
 otherwise a worker with fewer samples repeats some while another leaves some for later epochs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from formats.manifest import read_manifest, shard_counts
-from formats.shards import is_committed, read_samples, read_stats
+from formats.shards import is_committed, iter_samples, read_stats
 from formats.sidecar import decode_sample, sample_canvas, shard_parts
 from model.views import ViewConfig, collate_views
 
@@ -67,24 +69,28 @@ def steps_per_epoch(shards: list[ShardPair], world_size: int, batch_size: int) -
 
 def paired_samples(shards_url: str, clip_url: str, shard: ShardPair) -> Iterator[dict]:
     """(image bytes, sidecar bytes) per key, in shard order; images without features are passed over."""
-    images = iter(read_samples(shards_url, shard.name))
-    for part in shard.sidecar_parts:
-        for side in read_samples(clip_url, part):
-            image = next(images)
-            while image["__key__"] != side["__key__"]:  # the embed job skipped this one
+    with contextlib.closing(iter_samples(shards_url, shard.name)) as images:
+        for part in shard.sidecar_parts:
+            for side in iter_samples(clip_url, part):
                 image = next(images)
-            yield {"__key__": side["__key__"], "image": image, "sidecar": side}
+                while image["__key__"] != side["__key__"]:  # the embed job skipped this one
+                    image = next(images)
+                yield {"__key__": side["__key__"], "image": image, "sidecar": side}
 
 
-def shuffled(samples: Iterator[dict], buffer_size: int, rng: random.Random) -> Iterator[dict]:
-    """A shuffle buffer: yields a random one of the last `buffer_size` samples."""
-    buffer: list[dict] = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= buffer_size:
-            yield buffer.pop(rng.randrange(len(buffer)))
-    rng.shuffle(buffer)
-    yield from buffer
+def block_order(total: int, block: int, rng: random.Random) -> list[int]:
+    """One pass's order over positions 0..total-1: each run of `block` consecutive positions shuffled.
+
+    Like a shuffle buffer of `block` samples it holds at most that many in memory, but no sample
+    outlives its block (a buffer can hold one for ever), so a resume reads from the start of its
+    block, never further back: the cost of resuming does not depend on where.
+    """
+    order: list[int] = []
+    for start in range(0, total, block):
+        chunk = list(range(start, min(start + block, total)))
+        rng.shuffle(chunk)
+        order += chunk
+    return order
 
 
 def decode_pair(sample: dict, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -121,21 +127,21 @@ class TrainStream(IterableDataset):
         self.spec, self.rank, self.world_size, self.steps, self.start = spec, rank, world_size, steps, start
 
     def _role_batches(self, epoch: int, role: int, num_roles: int, first: int) -> Iterator[dict]:
-        """Batches j = first, first + W, ... < steps of `role` in `epoch`; earlier ones replayed undecoded."""
+        """Batches j >= first (j = role, role + W, ...) < steps of `role` in `epoch`; earlier ones not read."""
         ordered = epoch_order(self.spec.shards, self.spec.seed, epoch)
         shards = split(split(ordered, self.rank, self.world_size), role, num_roles)
         if not shards:
             raise ValueError(f"rank {self.rank} loader role {role} has no shard: use fewer loader workers or "
                              f"ranks than the {len(self.spec.shards)} shards")
         stream_id = ((self.spec.seed * 1_000_003 + epoch) * 10_007 + self.rank) * 101 + role
-        samples = _passes(self.spec, shards, random.Random(stream_id))
+        # batches j = role + local * num_roles; those before `first` were trained on before a restart
+        skipped = max(0, -(-(first - role) // num_roles))
+        samples = _passes(self.spec, shards, random.Random(stream_id), skip=skipped * self.spec.batch_size)
         bad = 0
-        for local, raw in enumerate(_chunks(samples, self.spec.batch_size)):
+        for local, raw in enumerate(_chunks(samples, self.spec.batch_size), skipped):
             j = role + local * num_roles
             if j >= self.steps:
                 return
-            if j < first:
-                continue  # trained on before a restart: replayed without decoding
             decoded, keys = [], []
             for sample in raw:  # batches are cut from raw samples, so a bad one shrinks its batch only
                 try:
@@ -163,15 +169,55 @@ class TrainStream(IterableDataset):
             g = next_epoch + (g - next_epoch) % num_workers
 
 
-def _passes(spec: StreamSpec, shards: list[ShardPair], rng: random.Random) -> Iterator[dict]:
-    """A role's samples, shuffled pass after pass over its shards (each pass complete before the next
-    starts), as many passes as needed: every rank runs the same number of steps."""
-    def one_pass() -> Iterator[dict]:
-        for shard in shards:
-            yield from paired_samples(spec.shards_url, spec.clip_url, shard)
+def _passes(spec: StreamSpec, shards: list[ShardPair], rng: random.Random, skip: int = 0) -> Iterator[dict]:
+    """A role's samples from sample `skip` on, shuffled pass after pass over its shards (each pass
+    complete before the next starts), as many passes as needed: every rank runs the same number of steps.
 
+    Each pass's order is drawn over sample positions from the shards' counts alone (block_order), so
+    the passes and samples being skipped cost arithmetic, not reading."""
+    total = sum(s.num_samples for s in shards)
     while True:
-        yield from shuffled(one_pass(), spec.shuffle_buffer, rng)
+        order = block_order(total, spec.shuffle_buffer, rng)
+        if skip >= total:
+            skip -= total
+            continue
+        yield from _pass_in_order(spec, shards, order, skip)
+        skip = 0
+
+
+def _pass_in_order(spec: StreamSpec, shards: list[ShardPair], order: list[int], start: int) -> Iterator[dict]:
+    """The samples at positions order[start:] of one pass over `shards`, in that order.
+
+    Shards are read once, in sequence, and only from the first one holding a position still to come;
+    a sample is held from its reading to its turn, at most one block.
+    """
+    turn = [0] * len(order)  # position -> when it is yielded
+    for t, position in enumerate(order):
+        turn[position] = t
+    first = min(order[start:], default=len(order))
+    held: dict[int, dict] = {}
+    reader = _positions(spec, shards, first)
+    for position in order[start:]:
+        while position not in held:
+            read, sample = next(reader)
+            if turn[read] >= start:
+                held[read] = sample
+        yield held.pop(position)
+
+
+def _positions(spec: StreamSpec, shards: list[ShardPair], first: int) -> Iterator[tuple[int, dict]]:
+    """(position in the pass, sample) from position `first` on; shards wholly before it are not opened."""
+    offset = 0
+    for shard in shards:
+        if offset + shard.num_samples > first:
+            count = 0
+            for count, sample in enumerate(paired_samples(spec.shards_url, spec.clip_url, shard), 1):
+                if offset + count - 1 >= first:
+                    yield offset + count - 1, sample
+            if count != shard.num_samples:
+                raise RuntimeError(f"shard {shard.name} has {count} paired samples, its sidecar stats say "
+                                   f"{shard.num_samples}")
+        offset += shard.num_samples
 
 
 def _chunks(samples: Iterator[dict], size: int) -> Iterator[list[dict]]:

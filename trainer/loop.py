@@ -18,9 +18,11 @@ import ray
 import ray.train
 import torch
 
+from common.storage import filesystem, join, write_json_atomic
 from formats.model_file import save_model
 from formats.prototypes import load_prototypes
 from model.network import build_network
+from trainer.collectives import backend_device, broadcast_object
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
 from trainer.metrics_log import MetricsLog
@@ -28,6 +30,29 @@ from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_f
 from trainer.unknown import UnknownRefresher
 
 CHECKPOINT_TAG = "engine"
+
+
+LAYOUT = "data_layout.json"  # beside the run's checkpoints: what cut the data streams (checked at start)
+
+
+class ResumeMismatch(RuntimeError):
+    """A checkpoint cannot continue under the current world size or batch size."""
+
+
+def data_layout(cfg: TrainConfig) -> dict:
+    """What a checkpoint's data position depends on: each rank's stream is cut for this many ranks and
+    this batch size, so a checkpoint resumes only under the same two."""
+    return {"world_size": cfg.scaling.num_workers, "batch_size_per_worker": cfg.data.batch_size_per_worker}
+
+
+def layout_mismatch(cfg: TrainConfig, saved: dict) -> str | None:
+    """One line saying why the run cannot resume from `saved`, or None when it can."""
+    now = data_layout(cfg)
+    if {k: saved.get(k, now[k]) for k in now} == now:
+        return None
+    return (f"run {cfg.run.name} was checkpointed with {saved['world_size']} workers x "
+            f"{saved['batch_size_per_worker']} images; resuming with {now['world_size']} x "
+            f"{now['batch_size_per_worker']} would repeat or skip data: use those settings or a new run.name")
 
 
 @dataclass(frozen=True)
@@ -64,28 +89,40 @@ def train_loop(config: dict) -> None:
     device = torch.device("cuda", context.get_local_rank()) if on_gpu else torch.device("cpu")
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
 
-    shards = list_shards(cfg.data.shards, cfg.data.clip)
+    comm_device = backend_device(device)
+    # one rank reads the shard list (2 object-store calls per shard), every rank receives it: the
+    # start-up cost does not grow with the number of ranks
+    shards = broadcast_object(list_shards(cfg.data.shards, cfg.data.clip) if rank == 0 else None, comm_device)
     steps = steps_per_epoch(shards, world, cfg.data.batch_size_per_worker)
-    micro_steps_total = cfg.max_steps * cfg.optim.grad_accumulation_steps or steps * cfg.epochs
-    optimizer_steps_total = micro_steps_total // cfg.optim.grad_accumulation_steps
+    accumulation = cfg.optim.grad_accumulation_steps
+    # whole optimizer steps only: a run never ends between accumulation boundaries
+    optimizer_steps_total = cfg.max_steps or max(1, steps * cfg.epochs // accumulation)
+    micro_steps_total = optimizer_steps_total * accumulation
     net = build_network(cfg.network)
     optimizer = build_optimizer(net, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, cfg.optim.warmup_steps, optimizer_steps_total, cfg.optim.min_lr_ratio))
     engine, _, _, _ = deepspeed.initialize(model=net, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=deepspeed_config(cfg, on_gpu))
+                                           config=deepspeed_config(cfg))
     protos = load_prototypes(cfg.data.clip)
     targets = _targets(protos)
     targets = targets.to(device) if targets is not None else None
     refresher = UnknownRefresher(protos["known"], cfg.refresh_num_unknown, protos["max_similarity"],
-                                 seed=cfg.run.seed) if cfg.refresh_unknown_every_steps else None
+                                 seed=cfg.run.seed, comm_device=comm_device) if cfg.refresh_unknown_every_steps else None
 
-    micro_step = 0  # batches trained on, over all epochs
+    micro_step = 0  # batches trained on, over all epochs; the data position is this batch of each stream
+    layout = data_layout(cfg)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             _, client = engine.load_checkpoint(folder, tag=CHECKPOINT_TAG)
+        mismatch = layout_mismatch(cfg, client)  # the driver checked LAYOUT already; this is the checkpoint's word
+        if mismatch:
+            raise ResumeMismatch(mismatch)
         micro_step = client["micro_step"]
+    if rank == 0:
+        fs, run_root = filesystem(join(cfg.run.storage_path, cfg.run.name))
+        write_json_atomic(fs, join(run_root, LAYOUT), layout)
 
     spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, inputs.image_size, cfg.data.batch_size_per_worker,
                       cfg.data.shuffle_buffer, cfg.views, cfg.feature_size, cfg.run.seed, cfg.data.max_bad_samples)
@@ -106,6 +143,7 @@ def train_loop(config: dict) -> None:
             refresher.observe(batch["clip"])
         losses = forward_losses(engine, _to_device(batch, device), targets, cfg)
         engine.backward(losses["total"])
+        boundary = engine.is_gradient_accumulation_boundary()  # read before step(), which advances the count
         engine.step()
         micro_step += 1
         if keys_log:
@@ -115,8 +153,8 @@ def train_loop(config: dict) -> None:
         done = time.perf_counter()
         waited, computed, tick, since_log = waited + fetched - tick, computed + done - fetched, done, since_log + 1
         last = micro_step >= micro_steps_total
-        if engine.is_gradient_accumulation_boundary():
-            step = micro_step // cfg.optim.grad_accumulation_steps
+        if boundary:
+            step = micro_step // accumulation
             if step % cfg.run.log_every_steps == 0 or last:
                 metrics = {**{f"loss/{k}": v.item() for k, v in losses.items()}, "lr": schedule.get_last_lr()[0],
                            "epoch": batch["epoch"], "images_per_s": images_per_micro_step * since_log
@@ -128,7 +166,7 @@ def train_loop(config: dict) -> None:
             if refresher and step % cfg.refresh_unknown_every_steps == 0:
                 targets = refresher.refresh().to(device)
             if step % cfg.run.checkpoint_every_steps == 0 or last:
-                _save(engine, {"step": step, "loss": losses["total"].item()}, {"micro_step": micro_step})
+                _save(engine, {"step": step, "loss": losses["total"].item()}, {"micro_step": micro_step, **layout})
         if last:
             break
     log.close()

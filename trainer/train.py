@@ -21,10 +21,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
-from common.storage import filesystem
+from common.storage import filesystem, join, read_json
 from formats.sidecar import read_embed_manifest
 from trainer.config import TrainConfig
-from trainer.loop import LoopInputs, train_loop
+from trainer.loop import LAYOUT, LoopInputs, layout_mismatch, train_loop
 
 
 def storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
@@ -52,7 +52,18 @@ def resolve(cfg: TrainConfig, embedded: dict) -> TrainConfig:
                    network=replace(cfg.network, clip_dim=width))
 
 
+def check_resumable(cfg: TrainConfig) -> None:
+    """A run name that already holds checkpoints resumes only with the data layout it was cut for."""
+    fs, run_root = filesystem(join(cfg.run.storage_path, cfg.run.name))
+    path = join(run_root, LAYOUT)
+    if fs.exists(path):
+        mismatch = layout_mismatch(cfg, read_json(fs, path))
+        if mismatch:
+            raise ConfigError(mismatch)
+
+
 def run(cfg: TrainConfig) -> ray.train.Result:
+    check_resumable(cfg)
     embedded = read_embed_manifest(cfg.data.clip)
     if embedded["random_init"]:
         logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)
@@ -82,9 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = run(cfg)
-    except ConfigError as e:  # the settings disagree with the CLIP features they point at
+    except ConfigError as e:  # the settings disagree with the CLIP features or the run's checkpoints
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ray.train.TrainingFailedError as e:  # the workers' tracebacks are above, in their logs
+        print(f"error: training failed: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    if result.error:
+        print(f"error: training failed: {str(result.error).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
     print(f"trained: last checkpoint {result.checkpoint.path if result.checkpoint else None}; "
           f"model file {cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/model.pt")
     return 0

@@ -9,16 +9,17 @@ resumed run refills it, so its refreshed prototypes can differ from an uninterru
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from model.prototypes import discover_unknown
+from trainer.collectives import broadcast_tensor
 
 
 class UnknownRefresher:
     def __init__(self, known: torch.Tensor, num_unknown: int, max_similarity: float, max_vectors: int = 50_000,
-                 vectors_per_batch: int = 1024, seed: int = 0):
+                 vectors_per_batch: int = 1024, seed: int = 0, comm_device: str | torch.device = "cpu"):
         self.known, self.num_unknown, self.max_similarity = known.float().cpu(), num_unknown, max_similarity
         self.max_vectors, self.vectors_per_batch, self.seed = max_vectors, vectors_per_batch, seed
+        self.comm_device = torch.device(comm_device)  # the process group backend's (trainer.collectives)
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer: list[torch.Tensor] = []
 
@@ -33,11 +34,9 @@ class UnknownRefresher:
         """Known prototypes followed by freshly found unknown ones: [C + U, D], the same on every rank."""
         unknown = discover_unknown(torch.cat(self.buffer), self.known, self.num_unknown, self.max_similarity,
                                    seed=self.seed)
-        if dist.is_available() and dist.is_initialized():
-            padded = torch.zeros(self.num_unknown, self.known.shape[1])
-            padded[:len(unknown)] = unknown
-            count = torch.tensor([len(unknown)])
-            dist.broadcast(padded, src=0)
-            dist.broadcast(count, src=0)
-            unknown = padded[:int(count)]
-        return torch.cat([self.known, unknown])
+        # rank 0's centres go to every rank: a fixed shape (padded) and the count that is real
+        padded = torch.zeros(self.num_unknown, self.known.shape[1])
+        padded[:len(unknown)] = unknown
+        padded = broadcast_tensor(padded, self.comm_device).cpu()
+        count = int(broadcast_tensor(torch.tensor([len(unknown)]), self.comm_device).item())
+        return torch.cat([self.known, padded[:count]])

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from formats.shards import read_samples
+from formats.shards import iter_samples
 from formats.sidecar import decode_sample
 from model.clip_teacher import Teacher, text_prototypes
 from model.prototypes import discover_unknown
@@ -20,7 +20,7 @@ def sample_dense(output: str, parts: list[str], num_images: int, max_vectors: in
     chosen = rng.sample(parts, len(parts))
     vectors, seen = [], 0
     for part in chosen:
-        for sample in read_samples(output, part):
+        for sample in iter_samples(output, part):
             dense = decode_sample(sample).dense  # [D, g, g]
             vectors.append(dense.reshape(dense.shape[0], -1).T)
             seen += 1

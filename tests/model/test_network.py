@@ -30,11 +30,13 @@ def test_backbone_weights_file_loads(tmp_path):
 
     reference = torchvision.models.resnet50()
     torch.save(reference.state_dict(), tmp_path / "r50.pt")
-    net = build_network(NetworkConfig(backbone="resnet50", backbone_weights=str(tmp_path / "r50.pt")))
+    net = build_network(NetworkConfig(backbone="resnet50", clip_dim=8, backbone_weights=str(tmp_path / "r50.pt")))
     assert torch.equal(net.backbone.body[4][0].conv1.weight, reference.layer1[0].conv1.weight)
     torch.save({"nothing": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="lacks"):
-        build_network(NetworkConfig(backbone="resnet50", backbone_weights=str(tmp_path / "bad.pt")))
+        build_network(NetworkConfig(backbone="resnet50", clip_dim=8, backbone_weights=str(tmp_path / "bad.pt")))
+    with pytest.raises(ValueError, match="clip_dim is 0"):  # the trainer resolves 0 to the teacher's width
+        build_network(NetworkConfig(backbone="small", output_stride=8))
 
 
 def batch(seed: int = 0):

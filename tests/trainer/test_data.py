@@ -67,3 +67,28 @@ def test_bad_samples_are_skipped_and_logged(prepared, tmp_path, caplog):
     keys = [k for b in batches for k in b[2]]
     assert len(keys) == 47 and "000003" not in keys
     assert "bad sample 000003" in caplog.text
+
+
+def test_a_resume_reads_no_more_the_later_it_starts(prepared, monkeypatch):
+    """Samples read to produce the first batch after a restart, by position: bounded by one shuffle
+    block plus one shard (16 + 8 here), wherever the restart lands (it used to replay every earlier one)."""
+    from trainer import data
+
+    spec = spec_for(prepared)  # 6 shards of 8, buffer 16, batches of 4: 12 steps an epoch on one rank
+    steps = steps_per_epoch(spec.shards, 1, 4)
+    reference = keys_of(make_loader(spec, 0, 1, steps, 0, 0), steps)
+    real, counted = data.paired_samples, []
+
+    def counting(*args):
+        for sample in real(*args):
+            counted.append(sample["__key__"])
+            yield sample
+
+    monkeypatch.setattr(data, "paired_samples", counting)
+    reads = {}
+    for start in (0, 4, 8, 11):
+        counted.clear()
+        assert keys_of(make_loader(spec, 0, 1, steps, start, 0), 1) == reference[start:start + 1]
+        reads[start] = len(counted)
+    assert max(reads.values()) <= 16 + 8, reads
+    assert reads[11] < 48, reads  # the last batch of the epoch without reading the epoch

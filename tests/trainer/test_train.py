@@ -123,3 +123,54 @@ def test_a_killed_worker_resumes_with_the_same_data_and_loss_curve(prepared):
     after = {m["step"]: m["loss/total"] for m in metrics(prepared, "killed")}
     for step, loss in curve.items():
         assert after[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
+
+
+def test_bf16_autocast_on_two_workers_tracks_fp32_and_exports_fp32_weights(prepared):
+    """The GPU recipe's precision path (scaling.bf16: the network under bf16 autocast, fp32 weights,
+    losses and k-means) run on CPU. Tolerance: each of the first six losses within 5% of fp32's."""
+    import torch
+
+    curves = {}
+    for bf16 in (False, True):
+        name = f"precision-{'bf16' if bf16 else 'fp32'}"
+        assert train.run(config(prepared, name, max_steps=6, **{"scaling.bf16": bf16})).error is None
+        curves[bf16] = [m["loss/total"] for m in metrics(prepared, name)]
+    assert len(curves[True]) == len(curves[False]) == 6
+    assert curves[True] != curves[False]  # autocast did change the arithmetic
+    for low, full in zip(curves[True], curves[False]):
+        assert low == pytest.approx(full, rel=0.05)
+    net, _ = load_model(str(prepared / "runs" / "precision-bf16" / "model.pt"))
+    weights = [p.detach() for p in net.parameters()]
+    assert all(w.dtype == torch.float32 for w in weights)
+    # the fp32 master copy, not bf16-rounded values
+    assert any(not torch.equal(w.bfloat16().float(), w) for w in weights)
+
+
+def test_accumulation_steps_and_checkpoints_match_a_batch_that_many_times_larger(prepared):
+    """Accumulating 4 micro-batches of 1 counts optimizer steps, logs, the LR schedule and checkpoints
+    exactly as batches of 4 do (they used to land one micro-batch early)."""
+    runs = {"batch4": {"data.batch_size_per_worker": 4},
+            "accum4x1": {"data.batch_size_per_worker": 1, "optim.grad_accumulation_steps": 4}}
+    seen = {}
+    for name, over in runs.items():
+        result = train.run(config(prepared, name, max_steps=5, **{"run.checkpoint_every_steps": 2, **over}))
+        assert result.error is None
+        logged = metrics(prepared, name)
+        kept = sorted(metrics_["step"] for _, metrics_ in result.best_checkpoints)
+        seen[name] = ([m["step"] for m in logged], [round(m["lr"], 8) for m in logged], kept)
+    assert seen["batch4"] == seen["accum4x1"]
+    assert seen["batch4"][0] == [1, 2, 3, 4, 5] and seen["batch4"][2] == [4, 5]  # every 2 steps and the last, 2 kept
+
+
+def test_resuming_under_another_world_size_is_refused_in_one_line(prepared, capsys):
+    assert train.run(config(prepared, "layout", max_steps=2, **{"run.checkpoint_every_steps": 2})).error is None
+    argv = ["--config", "trainer/configs/tiny.yaml", f"data.shards={prepared / 'shards'}",
+            f"data.clip={prepared / 'clip'}", "run.name=layout", f"run.storage_path={prepared / 'runs'}",
+            f"run.log_dir={prepared / 'logs'}", "data.batch_size_per_worker=4"]
+    started = time.time()
+    assert train.main(argv + ["scaling.num_workers=1"]) == 2  # a user's mistake, before any worker starts
+    assert time.time() - started < 10
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: run layout was checkpointed with 2 workers x 4 images; resuming with 1 x 4 would "
+                   "repeat or skip data: use those settings or a new run.name")
+    assert train.main(argv + ["data.batch_size_per_worker=2"]) == 2
