@@ -19,12 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from formats.manifest import read_manifest, shard_counts
-from formats.shards import is_committed, iter_samples, read_stats
+from formats.shards import committed_names, iter_samples, read_stats
 from formats.sidecar import decode_sample, sample_canvas, shard_parts
 from model.views import ViewConfig, collate_views
+from trainer.collectives import broadcast_object, distributed
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,13 @@ class ShardPair:
 
 
 def list_shards(shards_url: str, clip_url: str) -> list[ShardPair]:
-    """Shards that are complete in both the image dataset and the embed output, in name order."""
+    """Shards that are complete in both the image dataset and the embed output, in name order.
+
+    Object-store calls: the manifest, one listing of the embed output, one stats read per shard."""
     pairs = []
+    committed = set(committed_names(clip_url))
     for name in shard_counts(read_manifest(shards_url)):
-        if not is_committed(clip_url, name):
+        if name not in committed:
             log.warning("shard %s has no finished sidecar yet; left out", name)
             continue
         stats = read_stats(clip_url, name)
@@ -49,6 +54,14 @@ def list_shards(shards_url: str, clip_url: str) -> list[ShardPair]:
     if not pairs:
         raise ValueError(f"no shard of {shards_url} has finished sidecars in {clip_url}")
     return pairs
+
+
+def shared_shard_list(shards_url: str, clip_url: str, device: torch.device) -> list[ShardPair]:
+    """list_shards on rank 0 only (a manifest read, then a listing and a stats read per shard), sent to
+    every rank: the object-store calls at start do not grow with the number of ranks. `device`: the
+    process group backend's (trainer.collectives.backend_device)."""
+    first = not distributed() or dist.get_rank() == 0
+    return broadcast_object(list_shards(shards_url, clip_url) if first else None, device)
 
 
 def epoch_order(shards: list[ShardPair], seed: int, epoch: int) -> list[ShardPair]:

@@ -22,9 +22,9 @@ from common.storage import filesystem, join, write_json_atomic
 from formats.model_file import save_model
 from formats.prototypes import load_prototypes
 from model.network import build_network
-from trainer.collectives import backend_device, broadcast_object
+from trainer.collectives import backend_device
 from trainer.config import TrainConfig
-from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
+from trainer.data import StreamSpec, make_loader, shared_shard_list, steps_per_epoch
 from trainer.metrics_log import MetricsLog
 from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
 from trainer.unknown import UnknownRefresher
@@ -90,9 +90,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
 
     comm_device = backend_device(device)
-    # one rank reads the shard list (2 object-store calls per shard), every rank receives it: the
-    # start-up cost does not grow with the number of ranks
-    shards = broadcast_object(list_shards(cfg.data.shards, cfg.data.clip) if rank == 0 else None, comm_device)
+    shards = shared_shard_list(cfg.data.shards, cfg.data.clip, comm_device)
     steps = steps_per_epoch(shards, world, cfg.data.batch_size_per_worker)
     accumulation = cfg.optim.grad_accumulation_steps
     # whole optimizer steps only: a run never ends between accumulation boundaries
