@@ -1,6 +1,6 @@
 """The training loader's throughput on one core: batches of view pairs from local shards, in this process.
 
-    .venv/bin/python bench/bench_loader.py --batches 40 --out bench/out/loader.json
+    .venv/bin/python -m bench.bench_loader --batches 40 --out bench/out/loader.json
 
 One process, one torch thread, no loader workers: what `trainer.data.make_loader` does per image
 (read the tar members, decode the JPEG to its canvas, decode the sidecar, cut two views) is the
@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="images per batch")
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--crop", type=int, default=96)
+    parser.add_argument("--views-on-device", action="store_true",
+                        help="ship raw samples (data.views_on_device): the views are then cut by the step")
     parser.add_argument("--work", default=str(REPO / "bench" / "out" / "train"))
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "loader.json"))
     args = parser.parse_args()
@@ -39,7 +41,7 @@ def main() -> None:
     prepare(root, args.num_images)
     shards = list_shards(str(root / "shards"), str(root / "clip"))
     spec = StreamSpec(str(root / "shards"), str(root / "clip"), shards, 128, args.batch, 64,
-                      ViewConfig(crop_size=args.crop), args.crop // 4, 0, 10)
+                      ViewConfig(crop_size=args.crop), args.crop // 4, 0, 10, args.views_on_device)
     loader = iter(make_loader(spec, 0, 1, steps_per_epoch(shards, 1, args.batch), 0, 0))
     for _ in range(2):
         next(loader)
@@ -48,11 +50,12 @@ def main() -> None:
         next(loader)
     seconds = time.perf_counter() - started
     result = {"images_per_s_per_core": args.batches * args.batch / seconds, "batches": args.batches,
-              "batch_images": args.batch, "crop": args.crop, "seconds": seconds}
+              "batch_images": args.batch, "crop": args.crop, "views_on_device": args.views_on_device,
+              "seconds": seconds}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"loader: {result['images_per_s_per_core']:.1f} images/s on one core "
-          f"({args.batches} batches of {args.batch}, crop {args.crop})")
+    print(f"loader: {result['images_per_s_per_core']:.1f} images/s on one core ({args.batches} batches of "
+          f"{args.batch}, crop {args.crop}, views cut {'by the step' if args.views_on_device else 'in the loader'})")
 
 
 if __name__ == "__main__":

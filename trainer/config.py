@@ -20,6 +20,10 @@ class DataConfig:
     shuffle_buffer: int = 256  # samples shuffled together: each block of this many consecutive samples
     max_bad_samples: int = 1000  # a loader worker gives up (the run fails loudly) past this many
     in_memory_batches: int = 0  # >0: load this many batches once and cycle them (benchmarks: no data cost)
+    # Cut the two views (crop, flip, colour jitter, blur) where the step runs: the loader ships uint8
+    # canvases, int32 superpixels and fp16 features, a quarter of the bytes, and a GPU does the
+    # resampling. False cuts them in the loader workers: on a CPU run they have cores of their own.
+    views_on_device: bool = True
 
     def __post_init__(self):
         if self.batch_size_per_worker < 1 or self.num_loader_workers < 0 or self.shuffle_buffer < 1 \

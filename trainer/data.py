@@ -126,6 +126,20 @@ class StreamSpec:
     feature_size: int
     seed: int
     max_bad_samples: int
+    views_on_device: bool = False  # ship raw samples; finish_batch cuts the views where the step runs
+
+
+def finish_batch(batch: dict, spec: StreamSpec, device: torch.device) -> dict:
+    """A loader batch on `device`, ready for the step: raw samples (views_on_device) are cut into their
+    two views there, with the rng the loader would have used, so both paths give the same views."""
+    if "view_seed" not in batch:
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    samples = list(zip(batch["canvas"].to(device, non_blocking=True),
+                       batch["superpixels"].to(device, non_blocking=True).long(),
+                       batch["dense"].to(device, non_blocking=True).float()))
+    views = collate_views(samples, spec.views, spec.feature_size, random.Random(batch["view_seed"]))
+    return {**{k: v.to(device) for k, v in views.items()}, "epoch": batch["epoch"],
+            "batch_in_epoch": batch["batch_in_epoch"], "keys": batch["keys"]}
 
 
 class TrainStream(IterableDataset):
@@ -167,9 +181,17 @@ class TrainStream(IterableDataset):
                         raise RuntimeError(f"more than {self.spec.max_bad_samples} bad samples in one loader") from e
             if not decoded:
                 raise RuntimeError(f"every sample of batch {j} of epoch {epoch} is bad")
-            rng = random.Random(stream_id * 1_000_003 + j)  # views depend on the batch only
-            yield {**collate_views(decoded, self.spec.views, self.spec.feature_size, rng),
-                   "epoch": epoch, "batch_in_epoch": j, "keys": keys}
+            view_seed = stream_id * 1_000_003 + j  # views depend on the batch only
+            info = {"epoch": epoch, "batch_in_epoch": j, "keys": keys}
+            if self.spec.views_on_device:
+                # a quarter of the float views' bytes crosses to the training process: uint8 canvases,
+                # int32 superpixel ids, fp16 features (the sidecar's own precision)
+                yield {"canvas": torch.stack([d[0] for d in decoded]),
+                       "superpixels": torch.stack([d[1] for d in decoded]).to(torch.int32),
+                       "dense": torch.stack([d[2] for d in decoded]).half(), "view_seed": view_seed, **info}
+            else:
+                yield {**collate_views(decoded, self.spec.views, self.spec.feature_size, random.Random(view_seed)),
+                       **info}
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

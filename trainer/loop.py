@@ -24,7 +24,7 @@ from formats.prototypes import load_prototypes
 from model.network import build_network
 from trainer.collectives import backend_device
 from trainer.config import TrainConfig
-from trainer.data import StreamSpec, make_loader, shared_shard_list, steps_per_epoch
+from trainer.data import StreamSpec, finish_batch, make_loader, shared_shard_list, steps_per_epoch
 from trainer.metrics_log import MetricsLog
 from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
 from trainer.unknown import UnknownRefresher
@@ -67,10 +67,6 @@ class LoopInputs:
 def _targets(protos: dict) -> torch.Tensor | None:
     targets = torch.cat([protos["known"], protos["unknown"]]).float()
     return targets if len(targets) else None
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _save(engine, metrics: dict, client_state: dict) -> None:
@@ -123,7 +119,8 @@ def train_loop(config: dict) -> None:
         write_json_atomic(fs, join(run_root, LAYOUT), layout)
 
     spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, inputs.image_size, cfg.data.batch_size_per_worker,
-                      cfg.data.shuffle_buffer, cfg.views, cfg.feature_size, cfg.run.seed, cfg.data.max_bad_samples)
+                      cfg.data.shuffle_buffer, cfg.views, cfg.feature_size, cfg.run.seed, cfg.data.max_bad_samples,
+                      cfg.data.views_on_device)
     os.makedirs(os.path.join(cfg.run.log_dir, cfg.run.name), exist_ok=True)
     log = MetricsLog(os.path.join(cfg.run.log_dir, cfg.run.name), optimizer_steps_total, enabled=rank == 0)
     images_per_micro_step = 2 * cfg.data.batch_size_per_worker * world  # two views per image
@@ -137,9 +134,10 @@ def train_loop(config: dict) -> None:
     since_log, tick = 0, time.perf_counter()
     for batch in loader:
         fetched = time.perf_counter()
+        batch = finish_batch(batch, spec, device)
         if refresher:
             refresher.observe(batch["clip"])
-        losses = forward_losses(engine, _to_device(batch, device), targets, cfg)
+        losses = forward_losses(engine, batch, targets, cfg)
         engine.backward(losses["total"])
         boundary = engine.is_gradient_accumulation_boundary()  # read before step(), which advances the count
         engine.step()

@@ -92,3 +92,30 @@ def test_a_resume_reads_no_more_the_later_it_starts(prepared, monkeypatch):
         reads[start] = len(counted)
     assert max(reads.values()) <= 16 + 8, reads
     assert reads[11] < 48, reads  # the last batch of the epoch without reading the epoch
+
+
+def test_views_cut_on_the_device_equal_the_loaders_and_ship_fewer_bytes(prepared):
+    import dataclasses
+
+    import torch
+
+    from trainer.data import finish_batch
+
+    spec = spec_for(prepared)
+    raw_spec = dataclasses.replace(spec, views_on_device=True)
+    steps = steps_per_epoch(spec.shards, 1, 4)
+    cut = next(iter(make_loader(spec, 0, 1, steps, 3, 0)))
+    raw = next(iter(make_loader(raw_spec, 0, 1, steps, 3, 0)))
+    assert raw["canvas"].dtype == torch.uint8 and raw["dense"].dtype == torch.float16
+    on_device = finish_batch(raw, raw_spec, torch.device("cpu"))
+    assert on_device["keys"] == cut["keys"] and on_device["batch_in_epoch"] == cut["batch_in_epoch"] == 3
+    for key in ("images", "regions", "source", "boxes"):
+        torch.testing.assert_close(on_device[key], cut[key], msg=key)
+    torch.testing.assert_close(on_device["clip"], cut["clip"], atol=2e-3, rtol=2e-3)  # fp16 in transit
+    # bytes from loader to step when the views are as large as the canvas (the GPU recipe: 224 of 224)
+    full = dataclasses.replace(spec, views=ViewConfig(crop_size=128), feature_size=32)
+    sizes = {}
+    for on_device in (False, True):
+        batch = next(iter(make_loader(dataclasses.replace(full, views_on_device=on_device), 0, 1, steps, 0, 0)))
+        sizes[on_device] = sum(v.nbytes for v in batch.values() if torch.is_tensor(v))
+    assert sizes[True] < sizes[False] / 4, sizes
