@@ -18,8 +18,7 @@ import torch
 from common.config import ConfigError
 from demo.synth import CLASSES, write_corpus
 from formats.prototypes import load_prototypes
-from formats.shards import read_samples as read_shard
-from formats.shards import read_stats
+from formats.shards import read_samples, read_stats
 from formats.sidecar import decode_sample, shard_parts, to_canvas
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import TeacherConfig, dense_and_global
@@ -44,7 +43,7 @@ def embed_cfg(shards_url, output, **kw):
 
 
 def sidecar_samples(output, shard_name):
-    return [s for part in shard_parts(read_stats(output, shard_name)) for s in read_shard(output, part)]
+    return [s for part in shard_parts(read_stats(output, shard_name)) for s in read_samples(output, part)]
 
 
 def teacher_reference(teacher, image_bytes):
@@ -63,7 +62,7 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
     assert "KB per image" in printed and "RANDOM weights" in printed
     teacher = load_teacher(TeacherConfig("tiny-rn"))
     for name in ("00000", "00001", "00002"):
-        images = read_shard(shards_url, name)
+        images = read_samples(shards_url, name)
         sidecars = sidecar_samples(out, name)
         assert [s["__key__"] for s in sidecars] == [s["__key__"] for s in images]  # across 2 parts of 3 + 1
         for image, side in zip(images, sidecars):
@@ -109,7 +108,7 @@ def test_bad_samples_are_recorded_and_skipped(shards, tmp_path):
     root, shards_url = shards
     bad = tmp_path / "bad_shards"
     bad.mkdir()
-    good = read_shard(shards_url, "00000")
+    good = read_samples(shards_url, "00000")
     with tarfile.open(bad / "00000.tar", "w") as tar:
         for i, files in enumerate([good[0], {"jpg": b"not a jpeg"}, {"json": b"{}"}, good[1]]):
             for ext, data in files.items():
@@ -142,7 +141,7 @@ def test_s3_in_and_out_and_a_checkpoint_through_pretrained(shards, s3_bucket, tm
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/clip/embed_manifest.json"))
     assert not manifest["random_init"] and manifest["pretrained"].endswith("clip.pt")
     teacher = load_teacher(TeacherConfig("tiny-rn", str(tmp_path / "clip.pt")))
-    image = read_shard(shards_url, "00001")[0]
+    image = read_samples(shards_url, "00001")[0]
     side = decode_sample(sidecar_samples(out, "00001")[0])
     dense, _ = teacher_reference(teacher, image["jpg"])
     assert np.allclose(side.dense, dense[0].numpy(), atol=2e-3 * dense.abs().max().item())
@@ -166,4 +165,4 @@ def test_killed_job_resumes_and_every_key_is_embedded_once(shards, tmp_path):
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     for name in ("00000", "00001", "00002"):
         keys = [s["__key__"] for s in sidecar_samples(str(out), name)]
-        assert keys == [s["__key__"] for s in read_shard(shards_url, name)]
+        assert keys == [s["__key__"] for s in read_samples(shards_url, name)]
