@@ -25,10 +25,24 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+TMP_MARK = ".tmp-"  # PATH.tmp-XXXXXXXX: a local write in progress, renamed to PATH when complete
+
+
 def _local_tmp(path: str) -> str:
     """A sibling temp name, its folder created: object stores need neither."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    return f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+
+
+def remove_leftovers(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Delete what a killed writer of `path` left: its local temp files (object stores leave none)."""
+    if isinstance(fs, LocalFileSystem):
+        for leftover in fs.glob(glob_escape(path) + TMP_MARK + "*"):
+            fs.rm_file(leftover)
+
+
+def glob_escape(path: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

@@ -7,6 +7,7 @@ written first, each atomically, so a crash leaves either nothing or files that a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,8 +19,17 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
+from fsspec.implementations.local import LocalFileSystem
 
-from common.storage import filesystem, join, read_json, upload_file_atomic, write_bytes_atomic, write_json_atomic
+from common.storage import (
+    filesystem,
+    join,
+    read_json,
+    remove_leftovers,
+    upload_file_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 LEDGER_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -71,6 +81,7 @@ def read_stats(output: str, name: str) -> dict:
 def committed_names(output: str) -> list[str]:
     """Names of the committed shards under `output`, from one listing, sorted."""
     fs, root = filesystem(output)
+    fs.invalidate_cache(root)  # s3fs caches listings: shards committed since the last one would be missed
     paths = fs.ls(root, detail=False)
     return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
 
@@ -98,9 +109,13 @@ class ShardWriter:
     rows: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
-        self._tmp = tempfile.NamedTemporaryFile(suffix=".tar", delete=False)
+        fs, root = filesystem(self.output)
+        for path in (join(root, tar_name(self.name)), join(root, ledger_name(self.name)), stats_path(root, self.name)):
+            remove_leftovers(fs, path)  # a killed earlier attempt at this shard
+        self._staging = staging_path(self.output, self.name)
+        self._file = open(self._staging, "wb")  # truncates a killed attempt's partial tar
         # mtime 0 and sorted member order make a rerun byte-identical
-        self._tar = tarfile.open(fileobj=self._tmp, mode="w")
+        self._tar = tarfile.open(fileobj=self._file, mode="w")
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -121,12 +136,15 @@ class ShardWriter:
 
     def commit(self, stats: dict) -> None:
         self._tar.close()
-        self._tmp.close()
+        self._file.close()
         fs, root = filesystem(self.output)
-        try:
-            upload_file_atomic(fs, self._tmp.name, join(root, tar_name(self.name)))
-        finally:
-            os.unlink(self._tmp.name)
+        if isinstance(fs, LocalFileSystem):
+            os.replace(self._staging, join(root, tar_name(self.name)))  # beside it: a rename publishes it
+        else:
+            try:
+                upload_file_atomic(fs, self._staging, join(root, tar_name(self.name)))
+            finally:
+                os.unlink(self._staging)
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(self.rows, schema=LEDGER_SCHEMA), buf)
         write_bytes_atomic(fs, join(root, ledger_name(self.name)), buf.getvalue())
@@ -134,6 +152,19 @@ class ShardWriter:
 
     def abort(self) -> None:
         self._tar.close()
-        self._tmp.close()
-        if os.path.exists(self._tmp.name):
-            os.unlink(self._tmp.name)
+        self._file.close()
+        if os.path.exists(self._staging):
+            os.unlink(self._staging)
+
+
+def staging_path(output: str, name: str) -> str:
+    """Where NAME.tar is built before it is published, named so that a rerun of the shard overwrites
+    what a killed attempt left: beside the output for a local folder (`NAME.tar.partial`, renamed
+    when complete, never read as a shard), else in a local folder of this output's own."""
+    fs, root = filesystem(output)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(root, exist_ok=True)
+        return join(root, tar_name(name) + ".partial")
+    folder = os.path.join(tempfile.gettempdir(), "clips4-staging", hashlib.sha1(output.encode()).hexdigest()[:12])
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, tar_name(name))

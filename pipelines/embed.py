@@ -28,7 +28,7 @@ from common.ray_utils import cluster_cpus, init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
 from formats.prototypes import has_prototypes, read_class_names, save_prototypes
-from formats.shards import is_committed, read_stats, tar_name
+from formats.shards import committed_names, is_committed, read_stats, tar_name
 from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig
@@ -104,7 +104,8 @@ def run(cfg: EmbedConfig) -> dict:
     manifest["classes"] = names  # prototypes are built once: other names need another output
     check_embed_manifest(cfg.output, manifest)
     shards = shard_counts(read_manifest(cfg.input))
-    pending = [name for name in shards if not is_committed(cfg.output, name)]
+    committed = set(committed_names(cfg.output))  # one listing, not a request per shard
+    pending = [name for name in shards if name not in committed]
     spec = EmbedSpec(cfg.input, cfg.output, image_size, cfg.chunk_size, cfg.superpixels, cfg.storage)
     log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
     started, results = time.time(), []

@@ -25,7 +25,7 @@ from common.config import ConfigError, job_config
 from common.ray_utils import cluster_cpus, init_ray
 from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from formats.manifest import write_manifest
-from formats.shards import is_committed
+from formats.shards import committed_names
 from pipelines.sharding.dedup import start_dedup
 from pipelines.sharding.plan import make_plan
 from pipelines.sharding.sources import SourceSpec
@@ -76,6 +76,11 @@ class ShardConfig(ResizeSpec):
         return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, self.timeout_s,
                           self.retries, self.shard_retries)
 
+    def output_settings(self) -> dict:
+        """The settings that shape what a shard holds; a rerun into the same output must repeat them."""
+        shaping = [f.name for f in dataclasses.fields(ResizeSpec)] + ["url_col", "caption_col", "extensions", "dedup"]
+        return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in shaping}
+
 
 def summarize(results: list[dict], num_already_done: int, manifest: dict, seconds: float) -> str:
     status = Counter(r["status"] for r in results)
@@ -96,13 +101,16 @@ def summarize(results: list[dict], num_already_done: int, manifest: dict, second
 
 
 def run(cfg: ShardConfig) -> dict:
-    """Plan, write every pending shard in parallel, then the manifest; returns the manifest."""
-    init_ray(cfg.num_cpus or None)
+    """Plan, write every pending shard in parallel, then the manifest; returns the manifest.
+
+    The plan comes first, before Ray starts: a mismatched rerun is a ConfigError with no cluster."""
     source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions)
-    plan = make_plan(source, cfg.output, cfg.samples_per_shard)
+    plan = make_plan(source, cfg.output, cfg.samples_per_shard, cfg.output_settings())
+    init_ray(cfg.num_cpus or None)
     spec = cfg.worker_spec(plan.key_digits)
-    done = [n for n in plan.names() if is_committed(cfg.output, n)]
-    pending = [n for n in plan.names() if n not in set(done)]
+    committed = set(committed_names(cfg.output))  # one listing, not a request per shard
+    done = [n for n in plan.names() if n in committed]
+    pending = [n for n in plan.names() if n not in committed]
     log.info("%d shards complete, %d to write", len(done), len(pending))
     dedup = start_dedup(cfg.output, done) if cfg.dedup else None
     started, results = time.time(), []
@@ -125,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = job_config(ShardConfig, argv, __doc__)
     if cfg is None:
         return 2
-    manifest = run(cfg)
+    try:
+        manifest = run(cfg)
+    except ConfigError as e:  # the output was planned with other settings
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 1 if manifest.get("failed") else 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pyarrow.parquet as pq
 
@@ -29,6 +29,9 @@ class Plan:
     num_shards: int
     shard_digits: int
     key_digits: int
+    # every setting that shapes what a shard holds (image size, codec, filters, columns): a rerun
+    # with others would mix two kinds of shard in one dataset, so it is refused
+    settings: dict = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [f"{i:0{self.shard_digits}d}" for i in range(self.num_shards)]
@@ -37,8 +40,9 @@ class Plan:
         return min(self.samples_per_shard, self.num_inputs - int(name) * self.samples_per_shard)
 
 
-def make_plan(source: SourceSpec, output: str, samples_per_shard: int) -> Plan:
-    """Read the existing plan of `output`, or list the input and write one."""
+def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings: dict | None = None) -> Plan:
+    """Read the existing plan of `output` (a ConfigError if it was made with other `settings`), or list
+    the input and write one."""
     fs, root = filesystem(output)
     marker = join(root, "_plan", "plan.json")
     key_digits = len(str(samples_per_shard - 1))
@@ -48,6 +52,11 @@ def make_plan(source: SourceSpec, output: str, samples_per_shard: int) -> Plan:
             raise ConfigError(
                 f"{output} was planned from input={plan.input} with samples_per_shard="
                 f"{plan.samples_per_shard}; use another output folder, or the same values to resume")
+        differ = sorted(k for k in settings or {} if k in plan.settings and plan.settings[k] != settings[k])
+        if differ:
+            key = differ[0]
+            raise ConfigError(f"{output} holds shards made with {key}={plan.settings[key]!r}, not {settings[key]!r}; "
+                              "use another output folder, or the same values to resume")
         log.info("resuming: %d inputs in %d shards already planned", plan.num_inputs, plan.num_shards)
         return plan
     fs.makedirs(join(root, "_plan"), exist_ok=True)
@@ -65,7 +74,7 @@ def make_plan(source: SourceSpec, output: str, samples_per_shard: int) -> Plan:
         shard_id += 1
     if num_inputs == 0:
         raise ConfigError(f"no inputs found in {source.input}")
-    plan = Plan(source.input, samples_per_shard, num_inputs, shard_id, shard_digits, key_digits)
+    plan = Plan(source.input, samples_per_shard, num_inputs, shard_id, shard_digits, key_digits, dict(settings or {}))
     write_json_atomic(fs, marker, asdict(plan))
     log.info("planned %d inputs in %d shards", num_inputs, shard_id)
     return plan

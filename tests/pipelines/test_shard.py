@@ -90,11 +90,12 @@ def test_local_folder_to_shards(ray_local, corpus, tmp_path):
     assert before == {p.name: p.read_bytes() for p in out.glob("*.tar")}
 
 
-def test_resume_refuses_a_different_plan(ray_local, corpus, tmp_path):
+def test_resume_refuses_a_different_plan(ray_local, corpus, tmp_path, capsys):
     out = str(tmp_path / "shards")
     assert shard_main(["--input", str(corpus), "--output", out, "--samples-per-shard", "20"]) == 0
-    with pytest.raises(ValueError, match="samples_per_shard=20"):
-        shard_main(["--input", str(corpus), "--output", out, "--samples-per-shard", "10"])
+    capsys.readouterr()
+    assert shard_main(["--input", str(corpus), "--output", out, "--samples-per-shard", "10"]) == 2
+    assert "samples_per_shard=20" in capsys.readouterr().err
 
 
 def test_s3_input_and_output(ray_local, corpus, s3_bucket, s3_endpoint):
@@ -198,6 +199,8 @@ def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
         keys += [m.split(".")[0] for m in tar_members(tar.read_bytes()) if m.endswith(".jpg")]
     assert len(keys) == len(set(keys)) == 120
     assert read_manifest(str(out))["complete"]
+    # what the killed tasks were writing is gone: staging tars and temp files are per shard, redone
+    assert [p.name for p in out.iterdir() if p.name.endswith(".partial") or ".tmp-" in p.name] == []
 
 
 @pytest.mark.parametrize("decode_threads", [1, 3])
@@ -231,3 +234,18 @@ def test_decoding_threads_are_capped_while_many_fetch(corpus, tmp_path, monkeypa
     stats = shard_worker.process_shard(plan.names()[0], spec)
     assert stats["status"] == "written" and stats["num_samples"] >= 24  # the scenes and the awkward files that are fine
     assert peak[0] == decode_threads
+
+
+def test_a_rerun_with_other_output_settings_is_refused_before_ray_starts(corpus, tmp_path):
+    out = str(tmp_path / "shards")
+    first = subprocess.run([sys.executable, "pipelines/shard.py", "--input", str(corpus), "--output", out,
+                            "--samples-per-shard", "100", "--image-size", "32", "--num-cpus", "1"],
+                           cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    rerun = subprocess.run([sys.executable, "pipelines/shard.py", "--input", str(corpus), "--output", out,
+                            "--samples-per-shard", "100", "--image-size", "64", "--num-cpus", "1"],
+                           cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 2
+    assert rerun.stderr.strip().splitlines()[-1] == (f"error: {out} holds shards made with image_size=32, not 64; "
+                                                     "use another output folder, or the same values to resume")
+    assert "Ray" not in rerun.stderr
