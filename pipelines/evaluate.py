@@ -16,12 +16,18 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# not an installed copy of them.
+if not __package__:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch

@@ -14,9 +14,15 @@ already done, so rerunning after a kill resumes, and a finished run is not redon
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# not an installed copy of them.
+if not __package__:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.config import ConfigError, build_config, job_config, parse_config
 from common.storage import filesystem, join

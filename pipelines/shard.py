@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+
+# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# not an installed copy of them.
+if not __package__:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray
 from tqdm import tqdm

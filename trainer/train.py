@@ -15,6 +15,11 @@ import os
 import sys
 from dataclasses import replace
 
+# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# not an installed copy of them.
+if not __package__:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import pyarrow.fs
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
