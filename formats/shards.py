@@ -81,8 +81,11 @@ def read_stats(output: str, name: str) -> dict:
 def committed_names(output: str) -> list[str]:
     """Names of the committed shards under `output`, from one listing, sorted."""
     fs, root = filesystem(output)
-    fs.invalidate_cache(root)  # s3fs caches listings: shards committed since the last one would be missed
+    # s3fs caches listings and answers `exists` from them: read fresh, and leave nothing cached that
+    # would hide shards committed later
+    fs.invalidate_cache(root)
     paths = fs.ls(root, detail=False)
+    fs.invalidate_cache(root)
     return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
 
 
