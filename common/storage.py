@@ -6,6 +6,7 @@ temporary name and renamed; on object stores an upload only becomes visible once
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import uuid
@@ -37,12 +38,8 @@ def _local_tmp(path: str) -> str:
 def remove_leftovers(fs: fsspec.AbstractFileSystem, path: str) -> None:
     """Delete what a killed writer of `path` left: its local temp files (object stores leave none)."""
     if isinstance(fs, LocalFileSystem):
-        for leftover in fs.glob(glob_escape(path) + TMP_MARK + "*"):
+        for leftover in fs.glob(glob.escape(path) + TMP_MARK + "*"):
             fs.rm_file(leftover)
-
-
-def glob_escape(path: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -55,14 +52,18 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         fs.pipe_file(path, data)
 
 
-def upload_file_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> None:
-    """Move a finished local file to `path`; the destination appears complete or not at all."""
+def move_file_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> None:
+    """Move a finished local file to `path`; the destination appears complete or not at all.
+
+    Locally a rename, so `local_path` must be on the destination's filesystem (beside it, say); to
+    an object store an upload, which only appears once complete, then the local file is removed."""
     if isinstance(fs, LocalFileSystem):
-        tmp = _local_tmp(path)
-        fs.put_file(local_path, tmp)
-        os.replace(tmp, path)
+        os.replace(local_path, path)
     else:
-        fs.put_file(local_path, path)
+        try:
+            fs.put_file(local_path, path)
+        finally:
+            os.unlink(local_path)
 
 
 def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

@@ -24,9 +24,9 @@ from fsspec.implementations.local import LocalFileSystem
 from common.storage import (
     filesystem,
     join,
+    move_file_atomic,
     read_json,
     remove_leftovers,
-    upload_file_atomic,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -141,13 +141,7 @@ class ShardWriter:
         self._tar.close()
         self._file.close()
         fs, root = filesystem(self.output)
-        if isinstance(fs, LocalFileSystem):
-            os.replace(self._staging, join(root, tar_name(self.name)))  # beside it: a rename publishes it
-        else:
-            try:
-                upload_file_atomic(fs, self._staging, join(root, tar_name(self.name)))
-            finally:
-                os.unlink(self._staging)
+        move_file_atomic(fs, self._staging, join(root, tar_name(self.name)))
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(self.rows, schema=LEDGER_SCHEMA), buf)
         write_bytes_atomic(fs, join(root, ledger_name(self.name)), buf.getvalue())

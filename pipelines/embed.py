@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# Run as a file (`python pipelines/embed.py`, as under `ray job submit`): this checkout's packages,
 # not an installed copy of them.
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,7 +34,7 @@ from common.ray_utils import cluster_cpus, init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
 from formats.prototypes import has_prototypes, read_class_names, save_prototypes
-from formats.shards import committed_names, is_committed, read_stats, tar_name
+from formats.shards import committed_names, read_stats, tar_name
 from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig
@@ -110,8 +110,8 @@ def run(cfg: EmbedConfig) -> dict:
     manifest["classes"] = names  # prototypes are built once: other names need another output
     check_embed_manifest(cfg.output, manifest)
     shards = shard_counts(read_manifest(cfg.input))
-    committed = set(committed_names(cfg.output))  # one listing, not a request per shard
-    pending = [name for name in shards if name not in committed]
+    done_before = set(committed_names(cfg.output))  # one listing, not a request per shard
+    pending = [name for name in shards if name not in done_before]
     spec = EmbedSpec(cfg.input, cfg.output, image_size, cfg.chunk_size, cfg.superpixels, cfg.storage)
     log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
     started, results = time.time(), []
@@ -131,8 +131,10 @@ def run(cfg: EmbedConfig) -> dict:
             for part in parts.iter_rows():
                 results.append(part)
                 bar.update(part["num_samples"] + part["num_failed"])
+    # the stats of this run's shards come from their commit; only those done before are read
     committed = {n: commit_shard(cfg.output, n, num_parts(shards[n], cfg.chunk_size)) for n in pending}
-    all_stats = [read_stats(cfg.output, n) for n in shards if is_committed(cfg.output, n)]
+    all_stats = [committed[n] if n in committed else read_stats(cfg.output, n) for n in shards
+                 if committed.get(n) or n in done_before]
     all_parts = [p for s in all_stats for p in shard_parts(s)]
     complete = len(all_stats) == len(shards)
     if complete and not has_prototypes(cfg.output):

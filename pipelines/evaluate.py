@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# Run as a file (`python pipelines/evaluate.py`, as under `ray job submit`): this checkout's packages,
 # not an installed copy of them.
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

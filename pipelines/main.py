@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# Run as a file (`python pipelines/main.py`, as under `ray job submit`): this checkout's packages,
 # not an installed copy of them.
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -2,9 +2,10 @@
 and loader worker, shuffled, decoded into two aligned views per image, batched.
 
 Every worker's stream is a pure function of (seed, epoch, rank, worker) and the shards' sample
-counts: the shuffle buffer's order is computed on sample positions, so a restart reads only the
-samples it still has to train on (and the rest of a shard it resumes inside), never the ones
-before: resuming mid-epoch neither repeats nor skips a sample, and costs the same at any position. Streams cycle over their shards, so every rank runs the same number of steps. An
+counts: the block shuffle's order is computed on sample positions, so a restart reads only the
+samples it still has to train on (from the start of their shuffle block, in the shard it falls in),
+never the ones before: resuming mid-epoch neither repeats nor skips a sample, and costs the same at
+any position. Streams cycle over their shards, so every rank runs the same number of steps. An
 epoch shows every sample exactly once when the shards split evenly over ranks x loader workers;
 otherwise a worker with fewer samples repeats some while another leaves some for later epochs.
 """

@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import replace
 
-# Run as a file (`python pipelines/shard.py`, as under `ray job submit`): this checkout's packages,
+# Run as a file (`python trainer/train.py`, as under `ray job submit`): this checkout's packages,
 # not an installed copy of them.
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
