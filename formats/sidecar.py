@@ -7,6 +7,8 @@ crop resized to the teacher's input size (`to_canvas`), which the trainer rebuil
   KEY.scale.npy    (int8 form only) float16 [gh, gw], one scale per vector: value = int8 * scale / 127
   KEY.global.npy   float16 [D], the global image embedding
   KEY.sp.png       uint16 PNG [S, S], superpixel ids on the canvas
+The "none" form keeps KEY.sp.png only: the trainer then runs the teacher itself on each view
+(teacher.mode=online), and a sidecar costs a few KB per image instead of ~200.
 Both the embed job and the trainer go through `encode_sample` / `decode_sample`, so the format lives in one place.
 
 Samples of image shard NAME are written in parts `NAME-PPP` (each a committed shard of
@@ -28,7 +30,7 @@ from common.storage import filesystem, join, read_json, write_json_atomic
 from formats.images import ImageRejected, ResizeSpec, decode_bgr
 from formats.shards import SAMPLE_IMAGE_KEYS, is_committed, read_stats, stats_path, tar_name
 
-STORAGE_FORMATS = ("float16", "int8")
+STORAGE_FORMATS = ("float16", "int8", "none")  # "none": superpixels only
 
 
 def to_canvas(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -76,22 +78,24 @@ def dequantize_int8(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SidecarSample:
-    dense: np.ndarray  # float32 [D, gh, gw]
-    global_embedding: np.ndarray  # float32 [D]
+    dense: np.ndarray | None  # float32 [D, gh, gw]; None in the "none" form
+    global_embedding: np.ndarray | None  # float32 [D]; None in the "none" form
     superpixels: np.ndarray  # int64 [H, W]
 
 
-def encode_sample(key: str, dense: np.ndarray, global_embedding: np.ndarray, superpixels: np.ndarray,
+def encode_sample(key: str, dense: np.ndarray | None, global_embedding: np.ndarray | None, superpixels: np.ndarray,
                   storage: str = "float16") -> dict[str, bytes | str]:
-    """One webdataset sample dict ({"__key__": key, "dense.npy": ..., ...})."""
-    sample: dict[str, bytes | str] = {"__key__": key, "global.npy": _npy(global_embedding.astype(np.float16))}
+    """One webdataset sample dict ({"__key__": key, "dense.npy": ..., ...}); the "none" form takes no features."""
+    if storage not in STORAGE_FORMATS:
+        raise ValueError(f"storage {storage!r} unknown (choose from {', '.join(STORAGE_FORMATS)})")
+    sample: dict[str, bytes | str] = {"__key__": key}
+    if storage != "none":
+        sample["global.npy"] = _npy(global_embedding.astype(np.float16))
     if storage == "float16":
         sample["dense.npy"] = _npy(dense.astype(np.float16))
     elif storage == "int8":
         codes, scale = quantize_int8(dense.astype(np.float32))
         sample["dense.npy"], sample["scale.npy"] = _npy(codes), _npy(scale)
-    else:
-        raise ValueError(f"storage {storage!r} unknown (choose from {', '.join(STORAGE_FORMATS)})")
     ok, png = cv2.imencode(".png", superpixels.astype(np.uint16))
     if not ok:
         raise ValueError(f"{key}: superpixels could not be encoded as PNG")
@@ -100,13 +104,16 @@ def encode_sample(key: str, dense: np.ndarray, global_embedding: np.ndarray, sup
 
 
 def decode_sample(sample: dict[str, bytes]) -> SidecarSample:
-    """Inverse of `encode_sample` for either storage form (told apart by the presence of scale.npy)."""
-    dense = _load_npy(sample["dense.npy"])
-    dense = dequantize_int8(dense, _load_npy(sample["scale.npy"])) if "scale.npy" in sample else dense.astype(np.float32)
+    """Inverse of `encode_sample` for any storage form (told apart by the files present)."""
+    dense = _load_npy(sample["dense.npy"]) if "dense.npy" in sample else None
+    if dense is not None:
+        dense = dequantize_int8(dense, _load_npy(sample["scale.npy"])) if "scale.npy" in sample \
+            else dense.astype(np.float32)
+    pooled = _load_npy(sample["global.npy"]).astype(np.float32) if "global.npy" in sample else None
     superpixels = cv2.imdecode(np.frombuffer(sample["sp.png"], np.uint8), cv2.IMREAD_UNCHANGED)
     if superpixels is None:
         raise ValueError("superpixel PNG is corrupt")
-    return SidecarSample(dense, _load_npy(sample["global.npy"]).astype(np.float32), superpixels.astype(np.int64))
+    return SidecarSample(dense, pooled, superpixels.astype(np.int64))
 
 
 # ---------------------------------------------------------------- parts, shard commit, manifest

@@ -87,6 +87,12 @@ class Teacher:
     embed_dim: int
     patch_size: int
 
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """Float images [B, 3, H, W] in [0, 1] -> the model's input (its own mean and std)."""
+        mean = torch.tensor(self.mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
 
 # (url, local path): copy the remote file at `url` to `local path`.
 Fetch = Callable[[str, str], None]

@@ -83,32 +83,40 @@ def photometric(image: torch.Tensor, cfg: ViewConfig, rng: random.Random) -> tor
     return image.clamp(0, 1)
 
 
-def make_views(image: torch.Tensor, regions: torch.Tensor, clip_dense: torch.Tensor, cfg: ViewConfig,
+def make_views(image: torch.Tensor, regions: torch.Tensor, clip_dense: torch.Tensor | None, cfg: ViewConfig,
                feature_size: int, rng: random.Random) -> dict[str, torch.Tensor]:
     """Two views of one sample.
 
-    image: uint8 [3, H, W]; regions: [H, W] superpixel ids; clip_dense: [D, gh, gw] over the whole image.
-    Returns images [2, 3, S, S] float in [0, 1], regions [2, S, S] long, clip [2, D, F, F] float
-    (F = feature_size, the student's grid) and boxes [2, 5] (top, left, bottom, right, flip).
+    image: uint8 [3, H, W]; regions: [H, W] superpixel ids; clip_dense: [D, gh, gw] over the whole image,
+    or None when the teacher runs on the views themselves (the trainer's online teacher).
+    Returns images [2, 3, S, S] float in [0, 1], regions [2, S, S] long, boxes [2, 5] (top, left,
+    bottom, right, flip), and clip [2, D, F, F] float (F = feature_size, the student's grid) or, with
+    no clip_dense, teacher_images [2, 3, S, S]: the same crops before the colour changes, which are the
+    student's augmentation, not something the teacher should describe.
     """
     h, w = image.shape[-2:]
     pixels = image.float() / 255
-    views = {"images": [], "regions": [], "clip": [], "boxes": []}
+    views = {"images": [], "regions": [], "boxes": [], "clip" if clip_dense is not None else "teacher_images": []}
     for _ in range(2):
         box = sample_box(h, w, cfg, rng)
-        views["images"].append(photometric(crop_resize(pixels, box, cfg.crop_size), cfg, rng))
+        crop = crop_resize(pixels, box, cfg.crop_size)
+        views["images"].append(photometric(crop, cfg, rng))
         views["regions"].append(crop_resize(regions[None].long(), box, cfg.crop_size, mode="nearest")[0])
-        views["clip"].append(crop_resize(clip_dense.float(), box, feature_size))
+        if clip_dense is None:
+            views["teacher_images"].append(crop)
+        else:
+            views["clip"].append(crop_resize(clip_dense.float(), box, feature_size))
         views["boxes"].append(torch.tensor([box.top, box.left, box.bottom, box.right, float(box.flip)]))
     return {k: torch.stack(v) for k, v in views.items()}
 
 
-def collate_views(samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cfg: ViewConfig, feature_size: int,
-                  rng: random.Random) -> dict[str, torch.Tensor]:
+def collate_views(samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], cfg: ViewConfig,
+                  feature_size: int, rng: random.Random) -> dict[str, torch.Tensor]:
     """A training batch from (image, regions, clip_dense) samples: first views of all, then second views.
 
-    Returns images [2B, 3, S, S], regions [2B, S, S], clip [2B, D, F, F], boxes [2B, 5] and
-    source [2B] (the sample each view comes from, for the contrastive loss's positives).
+    Returns images [2B, 3, S, S], regions [2B, S, S], clip [2B, D, F, F] (or teacher_images
+    [2B, 3, S, S] when the samples carry no features), boxes [2B, 5] and source [2B] (the sample each
+    view comes from, for the contrastive loss's positives).
     """
     pairs = [make_views(image, regions, dense, cfg, feature_size, rng) for image, regions, dense in samples]
     batch = {k: torch.cat([p[k][v:v + 1] for v in range(2) for p in pairs]) for k in pairs[0]}

@@ -39,7 +39,7 @@ from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard,
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, TeacherConfig
 from model.superpixels import SuperpixelConfig
-from pipelines.embedding.prototypes import build_prototypes, sample_dense
+from pipelines.embedding.prototypes import build_prototypes, sample_dense, stored_dense, teacher_dense
 from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, prepare_chunks
 
 log = logging.getLogger("embed")
@@ -56,7 +56,8 @@ class EmbedConfig:
     precision: str = field(default="auto", metadata={"help": "auto (fp16 on GPU, fp32 on CPU) or an open_clip precision"})
     last_block: str = field(default="maskclip", metadata={"help": "/".join(LAST_BLOCKS)})
     image_size: int = field(default=0, metadata={"help": "canvas side; 0 = the model's input size"})
-    storage: str = field(default="float16", metadata={"help": "/".join(STORAGE_FORMATS)})
+    storage: str = field(default="float16", metadata={
+        "help": "/".join(STORAGE_FORMATS) + "; none = superpixels only, for the trainer's teacher.mode=online"})
     classes: str = field(default="", metadata={"help": "file of known class names, one a line"})
     num_unknown: int = field(default=16, metadata={"help": "k-means centres to try as unknown prototypes"})
     unknown_max_similarity: float = field(default=0.8, metadata={"help": "drop centres this close to a known name"})
@@ -123,7 +124,8 @@ def run(cfg: EmbedConfig) -> dict:
             # operator (Ray Data fuses stages with identical remote args) so decoding overlaps the model
             prepare_chunks, fn_kwargs={"spec": spec}, num_cpus=1, max_retries=3,
             compute=ray.data.TaskPoolStrategy(size=max(1, min(len(pending), cluster_cpus() - actors * cfg.cpus_per_actor))))
-        parts = chunks.map(ClipEmbedder, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
+        on_gpu = gpus and cfg.storage != "none"  # superpixels-only sidecars run no model
+        parts = chunks.map(ClipEmbedder, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if on_gpu else 0,
                            num_cpus=cfg.cpus_per_actor, fn_constructor_kwargs={
                                "teacher": teacher_cfg, "spec": spec, "batch_size": cfg.batch_size,
                                "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor})
@@ -138,7 +140,10 @@ def run(cfg: EmbedConfig) -> dict:
     all_parts = [p for s in all_stats for p in shard_parts(s)]
     complete = len(all_stats) == len(shards)
     if complete and not has_prototypes(cfg.output):
-        features = sample_dense(cfg.output, all_parts, cfg.unknown_sample_images, cfg.unknown_max_vectors, cfg.seed)
+        # with no stored features (storage none) the driver's teacher embeds the sample itself
+        grids = teacher_dense(cfg.input, list(shards), teacher, image_size, cfg.last_block, cfg.seed) \
+            if cfg.storage == "none" else stored_dense(cfg.output, all_parts, cfg.seed)
+        features = sample_dense(grids, cfg.unknown_sample_images, cfg.unknown_max_vectors, cfg.seed)
         protos = build_prototypes(teacher, names, features, cfg.num_unknown, cfg.unknown_max_similarity, cfg.seed)
         save_prototypes(cfg.output, protos)
         log.info("prototypes: %d known, %d unknown", len(protos["known"]), len(protos["unknown"]))

@@ -29,6 +29,7 @@ from common.storage import filesystem, join
 from demo import synth
 from demo.report import write_report
 from demo.teacher import TeacherRecipe, ensure_teacher
+from formats.sidecar import STORAGE_FORMATS
 from model.superpixels import SuperpixelConfig
 from pipelines import embed, evaluate, shard
 from pipelines.evaluation.report import markdown_table
@@ -53,7 +54,9 @@ class MainConfig:
     teacher_epochs: int = 12
     teacher_lr_schedule: str = field(default="cosine",
                                      metadata={"help": "cosine or const (open_clip_train's --lr-scheduler)"})
-    clip_storage: str = field(default="float16", metadata={"help": "sidecar form: float16 or int8"})
+    clip_storage: str = field(default="float16", metadata={
+        "help": "sidecar form: float16 or int8, or none (superpixels only: the trainer runs the teacher on each "
+                "view, teacher.mode=online)"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     # the tiny teacher cannot tell zigzag at all (0.7 IoU alone), so a class it half knows is held back
     unseen: tuple[str, ...] = field(default=("dotted",), metadata={"help": "class names training never sees"})
@@ -68,6 +71,8 @@ class MainConfig:
             raise ConfigError("num_train, num_val, image_size, samples_per_shard and teacher_epochs must be positive")
         if self.teacher_lr_schedule not in ("cosine", "const"):
             raise ConfigError(f"teacher_lr_schedule must be cosine or const, got {self.teacher_lr_schedule!r}")
+        if self.clip_storage not in STORAGE_FORMATS:
+            raise ConfigError(f"clip_storage must be one of {', '.join(STORAGE_FORMATS)}, got {self.clip_storage!r}")
         unknown = set(self.unseen) - set(synth.CLASSES)
         if unknown:
             raise ConfigError(f"unseen names {sorted(unknown)} are not classes of the corpus {synth.CLASSES}")
@@ -80,7 +85,8 @@ class MainConfig:
         """The trainer's command line for this run (checked in __post_init__, before any stage runs)."""
         return ["--config", self.train_config, f"data.shards={self.path('shards')}", f"data.clip={self.path('clip')}",
                 f"epochs={self.train_epochs}", f"run.name={self.name}", f"run.storage_path={self.path('train')}",
-                f"run.log_dir={self.path('logs')}", *self.train_overrides]
+                f"run.log_dir={self.path('logs')}",
+                *(["teacher.mode=online"] if self.clip_storage == "none" else []), *self.train_overrides]
 
 
 def stage_corpus(cfg: MainConfig) -> None:

@@ -33,6 +33,27 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TeacherRunConfig:
+    """Where the CLIP teacher's dense features come from (the teacher itself is the embed job's, named in
+    its embed_manifest.json, so the prototypes and the features agree).
+
+    precomputed: read from the sidecars, cropped with each view from the canvas's grid (default: the
+    teacher runs once per image, whatever the number of epochs). online: the frozen teacher runs
+    inside the step on each view, at the view's resolution, without gradients; the sidecars need only
+    superpixels (embed --storage none). README "Precomputed or online teacher" says when each pays.
+    """
+
+    mode: str = "precomputed"
+    precision: str = "auto"  # online: fp32, fp16, bf16, or auto (fp16 on GPU as the embed job, fp32 on CPU)
+
+    def __post_init__(self):
+        if self.mode not in ("precomputed", "online"):
+            raise ConfigError(f"teacher.mode must be precomputed or online, got {self.mode!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ConfigError(f"teacher.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"  # sgd (HSG) or adamw
     lr: float = 0.1
@@ -93,6 +114,7 @@ class TrainConfig:
     max_steps: int = 0  # 0 = epochs decide; otherwise stop after this many optimizer steps
     refresh_unknown_every_steps: int = 0  # 0 = keep the embed job's unknown prototypes
     refresh_num_unknown: int = 8  # k-means centres tried at each refresh
+    teacher: TeacherRunConfig = field(default_factory=TeacherRunConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     views: ViewConfig = field(default_factory=ViewConfig)

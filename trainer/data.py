@@ -107,12 +107,14 @@ def block_order(total: int, block: int, rng: random.Random) -> list[int]:
     return order
 
 
-def decode_pair(sample: dict, image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> image uint8 [3, S, S] (the embed job's canvas), superpixels [S, S], dense CLIP [D, g, g]."""
+def decode_pair(sample: dict, image_size: int, features: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """-> image uint8 [3, S, S] (the embed job's canvas), superpixels [S, S], dense CLIP [D, g, g]: None
+    when not wanted (an online teacher makes them from the views) or not stored (embed --storage none)."""
     canvas = sample_canvas(sample["image"], image_size)
-    side = decode_sample(sample["sidecar"])
+    side = decode_sample({k: v for k, v in sample["sidecar"].items() if features or k == "sp.png"})
     return (torch.from_numpy(np.ascontiguousarray(canvas)).permute(2, 0, 1), torch.from_numpy(side.superpixels),
-            torch.from_numpy(side.dense))
+            None if side.dense is None else torch.from_numpy(side.dense))
 
 
 @dataclass
@@ -128,6 +130,7 @@ class StreamSpec:
     seed: int
     max_bad_samples: int
     views_on_device: bool = False  # ship raw samples; finish_batch cuts the views where the step runs
+    online_teacher: bool = False  # stored features are not read: the teacher runs on the views (trainer.step)
 
 
 def finish_batch(batch: dict, spec: StreamSpec, device: torch.device) -> dict:
@@ -135,9 +138,9 @@ def finish_batch(batch: dict, spec: StreamSpec, device: torch.device) -> dict:
     two views there, with the rng the loader would have used, so both paths give the same views."""
     if "view_seed" not in batch:
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    dense = batch["dense"].to(device, non_blocking=True).float() if "dense" in batch else [None] * len(batch["keys"])
     samples = list(zip(batch["canvas"].to(device, non_blocking=True),
-                       batch["superpixels"].to(device, non_blocking=True).long(),
-                       batch["dense"].to(device, non_blocking=True).float()))
+                       batch["superpixels"].to(device, non_blocking=True).long(), dense))
     views = collate_views(samples, spec.views, spec.feature_size, random.Random(batch["view_seed"]))
     return {**{k: v.to(device) for k, v in views.items()}, "epoch": batch["epoch"],
             "batch_in_epoch": batch["batch_in_epoch"], "keys": batch["keys"]}
@@ -173,7 +176,7 @@ class TrainStream(IterableDataset):
             decoded, keys = [], []
             for sample in raw:  # batches are cut from raw samples, so a bad one shrinks its batch only
                 try:
-                    decoded.append(decode_pair(sample, self.spec.image_size))
+                    decoded.append(decode_pair(sample, self.spec.image_size, not self.spec.online_teacher))
                     keys.append(sample["__key__"])
                 except Exception as e:
                     bad += 1
@@ -186,10 +189,12 @@ class TrainStream(IterableDataset):
             info = {"epoch": epoch, "batch_in_epoch": j, "keys": keys}
             if self.spec.views_on_device:
                 # a quarter of the float views' bytes crosses to the training process: uint8 canvases,
-                # int32 superpixel ids, fp16 features (the sidecar's own precision)
-                yield {"canvas": torch.stack([d[0] for d in decoded]),
-                       "superpixels": torch.stack([d[1] for d in decoded]).to(torch.int32),
-                       "dense": torch.stack([d[2] for d in decoded]).half(), "view_seed": view_seed, **info}
+                # int32 superpixel ids, fp16 features (the sidecar's own precision; none for an online teacher)
+                raw_batch = {"canvas": torch.stack([d[0] for d in decoded]),
+                             "superpixels": torch.stack([d[1] for d in decoded]).to(torch.int32)}
+                if decoded[0][2] is not None:
+                    raw_batch["dense"] = torch.stack([d[2] for d in decoded]).half()
+                yield {**raw_batch, "view_seed": view_seed, **info}
             else:
                 yield {**collate_views(decoded, self.spec.views, self.spec.feature_size, random.Random(view_seed)),
                        **info}

@@ -21,12 +21,22 @@ import torch
 from common.storage import filesystem, join, write_json_atomic
 from formats.model_file import save_model
 from formats.prototypes import load_prototypes
+from formats.teacher_weights import load_teacher
+from model.clip_teacher import TeacherConfig
 from model.network import build_network
 from trainer.collectives import backend_device
 from trainer.config import TrainConfig
 from trainer.data import StreamSpec, finish_batch, make_loader, shared_shard_list, steps_per_epoch
 from trainer.metrics_log import MetricsLog
-from trainer.step import build_optimizer, deepspeed_config, forward_losses, lr_factor
+from trainer.step import (
+    OnlineTeacher,
+    build_optimizer,
+    deepspeed_config,
+    forward_losses,
+    lr_factor,
+    teacher_precision,
+    with_teacher_features,
+)
 from trainer.unknown import UnknownRefresher
 
 CHECKPOINT_TAG = "engine"
@@ -62,11 +72,21 @@ class LoopInputs:
     cfg: TrainConfig  # resolved by trainer.train.resolve: absolute paths, the teacher's width
     image_size: int  # the embed job's canvas side
     teacher: dict  # TeacherConfig fields of the teacher that made the features, for the model file
+    last_block: str = "maskclip"  # how that teacher made dense features (the online teacher does the same)
 
 
 def _targets(protos: dict) -> torch.Tensor | None:
     targets = torch.cat([protos["known"], protos["unknown"]]).float()
     return targets if len(targets) else None
+
+
+def online_teacher(inputs: LoopInputs, device: torch.device) -> OnlineTeacher | None:
+    """The embed job's teacher, frozen on this worker's device, when teacher.mode is online."""
+    if inputs.cfg.teacher.mode != "online":
+        return None
+    precision = teacher_precision(inputs.cfg.teacher.precision, device)
+    teacher = load_teacher(TeacherConfig(inputs.teacher["model"], inputs.teacher["pretrained"], precision), device)
+    return OnlineTeacher(teacher, inputs.last_block, precision)
 
 
 def _save(engine, metrics: dict, client_state: dict) -> None:
@@ -120,7 +140,8 @@ def train_loop(config: dict) -> None:
 
     spec = StreamSpec(cfg.data.shards, cfg.data.clip, shards, inputs.image_size, cfg.data.batch_size_per_worker,
                       cfg.data.shuffle_buffer, cfg.views, cfg.feature_size, cfg.run.seed, cfg.data.max_bad_samples,
-                      cfg.data.views_on_device)
+                      cfg.data.views_on_device, online_teacher=cfg.teacher.mode == "online")
+    teacher = online_teacher(inputs, device)
     os.makedirs(os.path.join(cfg.run.log_dir, cfg.run.name), exist_ok=True)
     log = MetricsLog(os.path.join(cfg.run.log_dir, cfg.run.name), optimizer_steps_total, enabled=rank == 0)
     images_per_micro_step = 2 * cfg.data.batch_size_per_worker * world  # two views per image
@@ -134,7 +155,7 @@ def train_loop(config: dict) -> None:
     since_log, tick = 0, time.perf_counter()
     for batch in loader:
         fetched = time.perf_counter()
-        batch = finish_batch(batch, spec, device)
+        batch = with_teacher_features(finish_batch(batch, spec, device), teacher)
         if refresher:
             refresher.observe(batch["clip"])
         losses = forward_losses(engine, batch, targets, cfg)

@@ -4,13 +4,55 @@ schedule and the DeepSpeed config, so benchmarks and tests run them in a bare lo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from model.clip_teacher import Teacher, dense_features
 from model.network import ModelOutput, SegNet
 from model.objective import compute_losses
 from trainer.config import TrainConfig
+
+# teacher.precision -> the autocast dtype of the online teacher's forward (None: fp32)
+TEACHER_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def teacher_precision(setting: str, device: torch.device) -> str:
+    """teacher.precision with "auto" decided where the teacher runs: fp16 on a GPU, as the embed job
+    computes precomputed features, and fp32 on a CPU, whose fp16 and bf16 matmuls are not faster."""
+    if setting != "auto":
+        return setting
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+@dataclass
+class OnlineTeacher:
+    """The frozen CLIP teacher inside the step (teacher.mode=online): dense features of each view,
+    computed without gradients at the view's resolution. Its weights are in `precision` (open_clip's
+    low-precision cast) and its forward runs under autocast in the same dtype."""
+
+    teacher: Teacher
+    last_block: str
+    precision: str  # fp32, fp16 or bf16
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Views [V, 3, S, S] in [0, 1], before colour jitter -> dense features [V, D, S/p, S/p] fp32."""
+        dtype = TEACHER_DTYPES[self.precision]
+        with torch.autocast(pixels.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return dense_features(self.teacher, self.teacher.normalise(pixels), self.last_block)
+
+
+def with_teacher_features(batch: dict, teacher: OnlineTeacher | None) -> dict:
+    """The batch with its views' CLIP features: the stored ones as they come, or the online teacher's."""
+    if "clip" in batch:
+        return batch
+    if teacher is None:
+        raise RuntimeError("the batch carries no CLIP features and no online teacher is set (teacher.mode)")
+    batch = dict(batch)
+    batch["clip"] = teacher(batch.pop("teacher_images"))
+    return batch
 
 
 def forward_losses(net: SegNet, batch: dict, targets: torch.Tensor | None, cfg: TrainConfig) -> dict[str, torch.Tensor]:

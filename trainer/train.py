@@ -49,12 +49,21 @@ def resolve(cfg: TrainConfig, embedded: dict) -> TrainConfig:
     """The config the workers run, a new object: local paths made absolute, and the projection head
     in the width of the CLIP features (`network.clip_dim` 0), or a ConfigError when the user's differs."""
     width = embedded["embed_dim"]
+    if embedded["storage"] == "none" and cfg.teacher.mode != "online":
+        raise ConfigError(f"the sidecars in {cfg.data.clip} hold superpixels only (embed --storage none): "
+                          "set teacher.mode=online to run the teacher in the training step")
     if cfg.network.clip_dim not in (0, width):
         raise ConfigError(f"network.clip_dim={cfg.network.clip_dim}, but the CLIP features in {cfg.data.clip} are "
                           f"{width}-d: leave it 0 (the features' width) or set {width}")
     return replace(cfg, data=replace(cfg.data, shards=_absolute(cfg.data.shards), clip=_absolute(cfg.data.clip)),
                    run=replace(cfg.run, storage_path=_absolute(cfg.run.storage_path), log_dir=_absolute(cfg.run.log_dir)),
                    network=replace(cfg.network, clip_dim=width))
+
+
+def portable_weights(pretrained: str) -> str:
+    """The embed job's `pretrained` as workers (another working directory) and the model file can use
+    it: a local file made absolute; a tag, a URL or "" (random) as they are."""
+    return os.path.abspath(pretrained) if pretrained and os.path.isfile(pretrained) else pretrained
 
 
 def check_resumable(cfg: TrainConfig) -> None:
@@ -77,8 +86,9 @@ def run(cfg: TrainConfig) -> ray.train.Result:
     path, filesystem_ = storage(cfg.run.storage_path)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"inputs": LoopInputs(cfg, embedded["image_size"], {"model": embedded["clip_model"],
-                                                                          "pretrained": embedded["pretrained"]})},
+        train_loop_config={"inputs": LoopInputs(cfg, embedded["image_size"], {
+            "model": embedded["clip_model"], "pretrained": portable_weights(embedded["pretrained"])},
+            embedded["last_block"])},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,

@@ -72,17 +72,16 @@ class ClipEmbedder:
         threads = num_threads or (0 if self.device == "cuda" else os.cpu_count())
         if threads:
             torch.set_num_threads(threads)
-        self.teacher = load_teacher(teacher, self.device)
+        # superpixels-only sidecars (storage "none") need no teacher: the trainer runs it online
+        self.teacher = load_teacher(teacher, self.device) if spec.storage != "none" else None
         self.spec, self.batch_size, self.last_block = spec, batch_size, last_block
-        self.mean = torch.tensor(self.teacher.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.teacher.std, device=self.device).view(1, 3, 1, 1)
 
     def embed(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, S, S, 3] -> dense [N, D, g, g] and global [N, D], float32 numpy."""
         dense, pooled = [], []
         for start in range(0, len(canvas), self.batch_size):
             x = torch.tensor(canvas[start:start + self.batch_size], device=self.device).permute(0, 3, 1, 2)
-            d, g = dense_and_global(self.teacher, (x.float() / 255 - self.mean) / self.std, self.last_block)
+            d, g = dense_and_global(self.teacher, self.teacher.normalise(x.float() / 255), self.last_block)
             dense.append(d.cpu().numpy())
             pooled.append(g.cpu().numpy())
         return np.concatenate(dense), np.concatenate(pooled)
@@ -91,7 +90,8 @@ class ClipEmbedder:
         started = time.time()
         name = part_name(chunk["shard"], chunk["part"])
         keys = list(chunk["keys"])
-        if keys:
+        dense = pooled = [None] * len(keys)
+        if keys and self.teacher:
             dense, pooled = self.embed(chunk["canvas"])
         writer = ShardWriter(self.spec.output, name)
         try:

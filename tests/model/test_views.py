@@ -73,3 +73,21 @@ def test_make_views_shapes_and_consistency():
         inside = (xs - 50).abs() > (right - left) * 100 / 32  # away from the boundary
         expected = torch.where(xs >= 50, 7, 0)
         assert torch.equal(views["regions"][v, 0][inside], expected[inside])
+
+
+def test_views_without_features_give_the_teacher_the_same_crops_before_colour_changes():
+    """An online teacher's input: the same boxes, images and regions as with stored features (the rng
+    draws do not depend on them), plus each view's crop before jitter, grayscale and blur."""
+    image = torch.randint(0, 256, (3, 80, 100), dtype=torch.uint8)
+    regions = torch.randint(0, 5, (80, 100))
+    cfg = ViewConfig(crop_size=32, jitter_prob=1.0, grayscale_prob=0.5, blur_prob=0.5)
+    stored = make_views(image, regions, coordinate_map(5, 7, 80, 100), cfg, feature_size=4, rng=random.Random(3))
+    online = make_views(image, regions, None, cfg, feature_size=4, rng=random.Random(3))
+    assert "clip" not in online and "teacher_images" not in stored
+    for key in ("images", "regions", "boxes"):
+        assert torch.equal(stored[key], online[key])
+    for v in range(2):
+        top, left, bottom, right, flip = online["boxes"][v].tolist()
+        crop = crop_resize(image.float() / 255, Box(top, left, bottom, right, bool(flip)), 32)
+        torch.testing.assert_close(online["teacher_images"][v], crop, atol=1e-5, rtol=0)  # boxes kept in float32
+    assert not torch.equal(online["teacher_images"], online["images"])  # the student's views were jittered

@@ -104,6 +104,29 @@ def test_int8_storage_is_smaller_and_close(shards):
     assert payload(small) < 0.75 * payload(full)
 
 
+def test_superpixels_only_sidecars_for_an_online_teacher(shards):
+    """storage none: the sidecars keep the superpixels alone, and the prototypes come from the teacher run
+    on the same canvases, so they equal those found from stored features (up to float16 rounding)."""
+    root, shards_url = shards
+    classes = str(root / "classes.txt")
+    stored, bare = str(root / "clip-stored"), str(root / "clip-bare")
+    embed.run(embed_cfg(shards_url, stored, classes=classes, chunk_size=4))  # one part per shard: same order
+    assert embed.run(embed_cfg(shards_url, bare, classes=classes, chunk_size=4, storage="none"))["complete"]
+    for name in ("00000", "00001", "00002"):
+        full, only = sidecar_samples(stored, name), sidecar_samples(bare, name)
+        assert [s["__key__"] for s in only] == [s["__key__"] for s in full]
+        assert all(set(s) - {"__key__", "__url__"} == {"sp.png"} for s in only)
+        for a, b in zip(full, only):
+            decoded = decode_sample(b)
+            assert decoded.dense is None and decoded.global_embedding is None
+            assert np.array_equal(decoded.superpixels, decode_sample(a).superpixels)
+    assert json.loads((root / "clip-bare" / "embed_manifest.json").read_text())["storage"] == "none"
+    with_features, without = load_prototypes(stored), load_prototypes(bare)
+    assert torch.equal(with_features["known"], without["known"])
+    assert with_features["unknown"].shape == without["unknown"].shape and len(without["unknown"]) > 0
+    assert torch.allclose(with_features["unknown"], without["unknown"], atol=2e-2)
+
+
 def test_bad_samples_are_recorded_and_skipped(shards, tmp_path):
     root, shards_url = shards
     bad = tmp_path / "bad_shards"

@@ -119,3 +119,26 @@ def test_views_cut_on_the_device_equal_the_loaders_and_ship_fewer_bytes(prepared
         batch = next(iter(make_loader(dataclasses.replace(full, views_on_device=on_device), 0, 1, steps, 0, 0)))
         sizes[on_device] = sum(v.nbytes for v in batch.values() if torch.is_tensor(v))
     assert sizes[True] < sizes[False] / 4, sizes
+
+
+@pytest.mark.parametrize("views_on_device", [False, True])
+def test_an_online_teacher_stream_reads_no_features_and_carries_the_teachers_crops(prepared, views_on_device):
+    """teacher.mode=online on sidecars that do store features: they are not read; the batch carries the
+    views' crops before colour changes, in the same order and with the same views as the stored path."""
+    import dataclasses
+
+    import torch
+
+    from trainer.data import finish_batch
+
+    spec = dataclasses.replace(spec_for(prepared), views_on_device=views_on_device)
+    steps = steps_per_epoch(spec.shards, 1, 4)
+    stored = finish_batch(next(iter(make_loader(spec, 0, 1, steps, 2, 0))), spec, torch.device("cpu"))
+    online_spec = dataclasses.replace(spec, online_teacher=True)
+    raw = next(iter(make_loader(online_spec, 0, 1, steps, 2, 0)))
+    assert "dense" not in raw and "clip" not in raw
+    online = finish_batch(raw, online_spec, torch.device("cpu"))
+    assert "clip" not in online and online["teacher_images"].shape == online["images"].shape == (8, 3, 32, 32)
+    assert online["keys"] == stored["keys"]
+    for key in ("images", "regions", "boxes", "source"):
+        assert torch.equal(online[key], stored[key]), key

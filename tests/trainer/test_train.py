@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from common.config import build_config
 from formats.model_file import load_model
@@ -38,12 +39,13 @@ def metrics(root, name):
     return [json.loads(line) for line in open(root / "logs" / name / "metrics.jsonl")]
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_two_workers_train_and_export(prepared, zero_stage):
     name = f"zero{zero_stage}"
-    # the ZeRO 2 run also refreshes the unknown prototypes (rank 0 finds them, every rank receives them)
-    refresh = {"refresh_unknown_every_steps": 4} if zero_stage == 2 else {}
-    result = train.run(config(prepared, name, **{"scaling.zero_stage": zero_stage}, **refresh))
+    # the ZeRO 2 run also refreshes the unknown prototypes (rank 0 finds them, every rank receives them);
+    # the ZeRO 3 run, where parameters are sharded, runs bf16 autocast and gathers the fp32 master to export
+    extra = {2: {"refresh_unknown_every_steps": 4}, 3: {"scaling.bf16": True}}.get(zero_stage, {})
+    result = train.run(config(prepared, name, **{"scaling.zero_stage": zero_stage}, **extra))
     assert result.error is None and result.checkpoint is not None
     losses = [m["loss/total"] for m in metrics(prepared, name)]
     assert len(losses) == 12
@@ -51,6 +53,32 @@ def test_two_workers_train_and_export(prepared, zero_stage):
     net, meta = load_model(str(prepared / "runs" / name / "model.pt"))
     assert net.cfg.clip_dim == 64 and meta["teacher"]["model"] == "tiny-rn"
     assert meta["prototypes"]["known"].shape == (5, 64)
+    if zero_stage == 3:
+        weights = [p.detach() for p in net.parameters()]
+        assert all(w.dtype == torch.float32 for w in weights)
+        assert any(not torch.equal(w.bfloat16().float(), w) for w in weights)  # not bf16-rounded
+
+
+def test_online_teacher_trains_on_two_workers_from_superpixel_only_sidecars(prepared):
+    """teacher.mode=online: the sidecars hold superpixels only (embed --storage none) and each worker runs
+    the embed job's teacher on its views, in bf16, on the device-side views path."""
+    from common.config import ConfigError
+    from pipelines import embed
+
+    bare = str(prepared / "clip-bare")
+    assert embed.run(embed.EmbedConfig(input=str(prepared / "shards"), output=bare, clip_model="tiny-rn",
+                                       classes=str(prepared / "classes.txt"), num_unknown=4, storage="none"))["complete"]
+    with pytest.raises(ConfigError, match="teacher.mode=online"):  # before any worker starts
+        train.run(config(prepared, "bare", **{"data.clip": bare}))
+    result = train.run(config(prepared, "online", max_steps=8, refresh_unknown_every_steps=4, **{
+        "data.clip": bare, "teacher.mode": "online", "teacher.precision": "bf16", "data.views_on_device": True}))
+    assert result.error is None
+    logged = metrics(prepared, "online")
+    assert [m["step"] for m in logged] == list(range(1, 9))
+    assert all(m["loss/embedding"] > 0 and m["loss/semantic"] > 0 for m in logged)
+    assert sum(m["loss/total"] for m in logged[-3:]) < sum(m["loss/total"] for m in logged[:3]), logged
+    net, meta = load_model(str(prepared / "runs" / "online" / "model.pt"))
+    assert net.cfg.clip_dim == 64 and meta["teacher"]["model"] == "tiny-rn"
 
 
 def test_bad_configs_stop_before_any_worker(prepared, capsys):
