@@ -14,7 +14,7 @@ Measures, printed as a table and written as JSON (--out):
    as trainer.step runs it, at two batch sizes: images/s, model FLOP utilisation (FLOPs counted by
    torch's FlopCounterMode over one step, against --peak-tflops), peak memory;
 2. the teacher's dense forward (MaskCLIP value path, ViT-B/16, random weights: speed only) in
-   fp16 and bf16: images/s, peak memory;
+   fp16 and bf16: images/s, MFU, peak memory (the online teacher's cost, teacher.mode=online);
 3. the view augmentation (model.views.collate_views) on the device: images/s.
 """
 
@@ -106,19 +106,25 @@ def synthetic_batch(num_images: int, sizes: Sizes, device: torch.device, generat
     }
 
 
-def student_step(sizes: Sizes, device: torch.device, peak_tflops: float) -> list[dict]:
-    from torch.utils.flop_counter import FlopCounterMode
-
+def student_config(sizes: Sizes):
+    """The trainer's config of the measured student: the GPU recipe's network, bf16 autocast."""
     from common.config import build_config
-    from model.network import build_network
     from trainer.config import TrainConfig
-    from trainer.step import build_optimizer, forward_losses
 
-    cfg = build_config(TrainConfig, {
+    return build_config(TrainConfig, {
         "data": {"shards": "-", "clip": "-"}, "scaling": {"bf16": True},
         "network": {"backbone": sizes.backbone, "output_stride": sizes.output_stride,
                     "embedding_dim": sizes.embedding_dim, "clip_dim": sizes.clip_dim},
         "views": {"crop_size": sizes.crop}})
+
+
+def student_step(sizes: Sizes, device: torch.device, peak_tflops: float) -> list[dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model.network import build_network
+    from trainer.step import build_optimizer, forward_losses
+
+    cfg = student_config(sizes)
     torch.manual_seed(0)
     net = build_network(cfg.network).to(device).train()
     optimizer = build_optimizer(net, cfg)
@@ -145,7 +151,9 @@ def student_step(sizes: Sizes, device: torch.device, peak_tflops: float) -> list
     return rows
 
 
-def teacher_forward(sizes: Sizes, device: torch.device) -> list[dict]:
+def teacher_forward(sizes: Sizes, device: torch.device, peak_tflops: float) -> list[dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
     sys.path.append(str(VENDOR))  # last: the machine's own packages win where it has them
     try:
         from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
@@ -157,11 +165,15 @@ def teacher_forward(sizes: Sizes, device: torch.device) -> list[dict]:
         teacher = load_teacher(TeacherConfig(sizes.teacher, "", precision), device)
         side = teacher.image_size
         images = torch.rand(sizes.teacher_batch, 3, side, side, device=device)
+        with FlopCounterMode(display=False) as counter:
+            dense_and_global(teacher, images[:1])
+        flops = counter.get_total_flops() * sizes.teacher_batch
         reset_peak(device)
         seconds = timed(lambda: dense_and_global(teacher, images), device, sizes.iterations, sizes.warmup)
         rows.append({"part": f"teacher dense forward {sizes.teacher} ({'random weights, ' if teacher.random_init else ''}"
                              f"{precision})", "batch_images": sizes.teacher_batch,
                      "images_per_s": sizes.teacher_batch / seconds, "ms_per_step": 1e3 * seconds,
+                     "model_tflop_per_step": flops / 1e12, "mfu": flops / seconds / (peak_tflops * 1e12),
                      "peak_memory_gb": peak_memory_gb(device)})
 
     return rows
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     started = time.time()
-    rows = student_step(sizes, device, args.peak_tflops) + teacher_forward(sizes, device) + \
+    rows = student_step(sizes, device, args.peak_tflops) + teacher_forward(sizes, device, args.peak_tflops) + \
         view_augmentation(sizes, device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "sizes": dataclasses.asdict(sizes), "peak_tflops": args.peak_tflops,

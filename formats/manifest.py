@@ -1,32 +1,39 @@
 """The dataset manifest: which shards are complete and how many samples each holds.
 
-Written by the shard job from the stats commit markers; read by the embed job and the trainer
-(to size an epoch without opening any tar).
+Written by the shard job from its tasks' results and the previous manifest (a resume of 100k done
+shards reads one file, not 100k markers); read by the embed job and the trainer (to size an epoch
+without opening any tar).
 """
 
 from __future__ import annotations
 
 from common.storage import filesystem, join, read_json, write_json_atomic
-from formats.shards import committed_names, read_stats, tar_name
+from formats.shards import read_stats, tar_name
 
 MANIFEST = "manifest.json"
 
 
-def committed_stats(output: str) -> list[dict]:
-    return [read_stats(output, name) for name in committed_names(output)]
-
-
-def write_manifest(output: str, num_planned_shards: int) -> dict:
-    stats = committed_stats(output)
+def write_manifest(output: str, num_planned_shards: int, counts: dict[str, int]) -> dict:
+    """The manifest of the committed shards `counts` (name -> samples), in name order."""
+    names = sorted(counts)
     manifest = {
-        "shards": [{"name": tar_name(s["shard"]), "num_samples": s["num_samples"]} for s in stats],
-        "num_shards": len(stats),
-        "num_samples": sum(s["num_samples"] for s in stats),
-        "complete": len(stats) == num_planned_shards,
+        "shards": [{"name": tar_name(n), "num_samples": counts[n]} for n in names],
+        "num_shards": len(names),
+        "num_samples": sum(counts.values()),
+        "complete": len(names) == num_planned_shards,
     }
     fs, root = filesystem(output)
     write_json_atomic(fs, join(root, MANIFEST), manifest)
     return manifest
+
+
+def committed_counts(output: str, names: list[str]) -> dict[str, int]:
+    """Samples of committed shards `names`: from the last manifest where it lists them (one read), from
+    their stats markers otherwise (shards a killed run committed after its last manifest)."""
+    fs, root = filesystem(output)
+    path = join(root, MANIFEST)
+    known = shard_counts(read_json(fs, path)) if fs.exists(path) else {}
+    return {n: known[n] if n in known else read_stats(output, n)["num_samples"] for n in names}
 
 
 def read_manifest(dataset: str) -> dict:

@@ -33,6 +33,14 @@ open_clip.add_model_config(CONFIG_DIR)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
 
+
+def auto_precision(setting: str, device: str | torch.device) -> str:
+    """A precision setting with "auto" decided where the model runs: fp16 on a GPU, fp32 on a CPU
+    (whose fp16 and bf16 matmuls are not faster). Called on the actor or worker, not the driver."""
+    if setting != "auto":
+        return setting
+    return "fp16" if torch.device(device).type == "cuda" else "fp32"
+
 # ModifiedResNet downsamples by 2 in the stem conv, the stem avgpool and layers 2-4.
 RESNET_STRIDE = 32
 

@@ -5,8 +5,9 @@ superpixels, and the target prototypes. A Ray Data job.
         --clip-pretrained openai --classes classes.txt
     ray job submit --working-dir . -- python pipelines/embed.py --input s3://b/shards --output s3://b/clip ...
 
-CPU tasks decode shards into canvases and superpixels; a pool of model actors (one GPU each when
-the cluster has GPUs) runs the teacher and writes sidecar parts (formats/sidecar.py). Then
+CPU tasks decode shards into canvases and superpixels; a pool of model actors (--gpus-per-actor
+each; min..max actors, growing with the cluster) runs the teacher and writes sidecar parts
+(formats/sidecar.py). Then
 `SHARD_stats.json` per shard, `prototypes.pt`, and `embed_manifest.json` describing how features
 were made; a rerun skips finished parts and refuses an output made with different settings.
 """
@@ -26,18 +27,17 @@ if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray
-import torch
 from tqdm import tqdm
 
 from common.config import ConfigError, job_config
-from common.ray_utils import cluster_cpus, init_ray
+from common.ray_utils import init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
 from formats.prototypes import has_prototypes, read_class_names, save_prototypes
 from formats.shards import committed_names, read_stats, tar_name
 from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
 from formats.teacher_weights import load_teacher
-from model.clip_teacher import LAST_BLOCKS, TeacherConfig
+from model.clip_teacher import LAST_BLOCKS, PRECISIONS, TeacherConfig, auto_precision
 from model.superpixels import SuperpixelConfig
 from pipelines.embedding.prototypes import build_prototypes, sample_dense, stored_dense, teacher_dense
 from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, prepare_chunks
@@ -66,8 +66,13 @@ class EmbedConfig:
     seed: int = 0
     batch_size: int = 64
     chunk_size: int = 256
-    num_model_actors: int = field(default=0, metadata={"help": "0 = one per GPU, or one on a CPU-only cluster"})
-    cpus_per_actor: int = 1
+    min_model_actors: int = field(default=1, metadata={"help": "model actors kept however idle"})
+    max_model_actors: int = field(default=0, metadata={"help": "0 = as many as the cluster grows to"})
+    gpus_per_actor: float = field(default=-1, metadata={
+        "help": "GPUs each model actor asks for, fractions allowed (0.5: two share one); 0 = CPU actors; -1 = "
+                "auto: 1 on a cluster (RAY_ADDRESS set, e.g. under ray job submit) or when GPUs are up, else 0"})
+    cpus_per_actor: float = 1
+    max_decode_tasks: int = field(default=0, metadata={"help": "decode tasks at once; 0 = as the cluster allows"})
     threads_per_actor: int = field(default=0, metadata={"help": "torch threads in an actor; 0 = all cores on a "
                                                                 "CPU node, torch's default on a GPU"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
@@ -78,15 +83,29 @@ class EmbedConfig:
             raise ConfigError(f"storage must be one of {STORAGE_FORMATS}, got {self.storage!r}")
         if self.last_block not in LAST_BLOCKS:
             raise ConfigError(f"last_block must be one of {tuple(LAST_BLOCKS)}, got {self.last_block!r}")
-        for name in ("batch_size", "chunk_size", "cpus_per_actor", "unknown_sample_images"):
+        for name in ("batch_size", "chunk_size", "unknown_sample_images", "min_model_actors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.max_model_actors and self.max_model_actors < self.min_model_actors:
+            raise ConfigError(f"max_model_actors {self.max_model_actors} is below min_model_actors {self.min_model_actors}")
+        if self.cpus_per_actor <= 0 or self.max_decode_tasks < 0 or not (self.gpus_per_actor == -1
+                                                                         or self.gpus_per_actor >= 0):
+            raise ConfigError("cpus_per_actor must be > 0, max_decode_tasks >= 0, gpus_per_actor >= 0 or -1 (auto)")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be auto or one of {PRECISIONS}, got {self.precision!r}")
         if not -1 <= self.unknown_max_similarity <= 1:
             raise ConfigError("unknown_max_similarity is a cosine: -1..1")
 
-    def teacher(self) -> TeacherConfig:
-        precision = ("fp16" if torch.cuda.is_available() else "fp32") if self.precision == "auto" else self.precision
-        return TeacherConfig(self.clip_model, self.clip_pretrained, precision)
+    def teacher(self, device: str = "cpu") -> TeacherConfig:
+        """The teacher as it runs on `device` (the precision "auto" is decided there)."""
+        return TeacherConfig(self.clip_model, self.clip_pretrained, auto_precision(self.precision, device))
+
+    def actor_gpus(self) -> float:
+        """gpus_per_actor with -1 decided: a job on a cluster asks for GPUs even when none is up yet (an
+        autoscaler adds GPU nodes on demand); a local run uses the GPUs this machine has."""
+        if self.gpus_per_actor != -1:
+            return self.gpus_per_actor
+        return 1.0 if os.environ.get("RAY_ADDRESS") or ray.cluster_resources().get("GPU", 0) else 0.0
 
 
 def storage_report(output: str, parts: list[str], num_samples: int) -> str:
@@ -98,8 +117,7 @@ def storage_report(output: str, parts: list[str], num_samples: int) -> str:
 
 def run(cfg: EmbedConfig) -> dict:
     init_ray(cfg.num_cpus or None)
-    teacher_cfg = cfg.teacher()
-    teacher = load_teacher(teacher_cfg)  # on the driver: text prototypes and the manifest's facts
+    teacher = load_teacher(cfg.teacher())  # on the driver's CPU: text prototypes and the manifest's facts
     image_size = cfg.image_size or teacher.image_size
     manifest = {
         "format_version": FORMAT_VERSION, "clip_model": cfg.clip_model, "pretrained": teacher.pretrained_source,
@@ -117,17 +135,22 @@ def run(cfg: EmbedConfig) -> dict:
     log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
     started, results = time.time(), []
     if pending:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = cfg.num_model_actors or max(1, gpus)
+        # Nothing is sized from the cluster at start: Ray Data grows the decode tasks and the actor pool
+        # (min..max) as an autoscaler adds nodes, and each actor asks for what the flags say.
+        gpus = cfg.actor_gpus() if cfg.storage != "none" else 0.0  # superpixels-only sidecars run no model
+        if gpus and not ray.cluster_resources().get("GPU", 0):
+            log.warning("model actors ask for %g GPU each and the cluster has none up: waiting for the autoscaler "
+                        "to add GPU nodes (--gpus-per-actor 0 runs them on CPUs)", gpus)
         chunks = ray.data.from_items([{"shard": n} for n in pending], override_num_blocks=len(pending)).flat_map(
             # retries re-read a shard after a storage hiccup; they also keep this CPU stage its own
             # operator (Ray Data fuses stages with identical remote args) so decoding overlaps the model
             prepare_chunks, fn_kwargs={"spec": spec}, num_cpus=1, max_retries=3,
-            compute=ray.data.TaskPoolStrategy(size=max(1, min(len(pending), cluster_cpus() - actors * cfg.cpus_per_actor))))
-        on_gpu = gpus and cfg.storage != "none"  # superpixels-only sidecars run no model
-        parts = chunks.map(ClipEmbedder, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if on_gpu else 0,
-                           num_cpus=cfg.cpus_per_actor, fn_constructor_kwargs={
-                               "teacher": teacher_cfg, "spec": spec, "batch_size": cfg.batch_size,
+            concurrency=cfg.max_decode_tasks or None)
+        pool = ray.data.ActorPoolStrategy(min_size=cfg.min_model_actors, max_size=cfg.max_model_actors or None)
+        parts = chunks.map(ClipEmbedder, compute=pool, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
+                           fn_constructor_kwargs={
+                               "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
+                               "precision": cfg.precision, "spec": spec, "batch_size": cfg.batch_size,
                                "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor})
         with tqdm(total=sum(shards[n] for n in pending), desc="images", unit="img") as bar:
             for part in parts.iter_rows():
@@ -153,7 +176,8 @@ def run(cfg: EmbedConfig) -> dict:
     num_samples = sum(s["num_samples"] for s in all_stats)
     print(f"shards: {sum(1 for v in committed.values() if v)} embedded now, {len(shards) - len(pending)} before, "
           f"{len(shards) - len(all_stats)} unfinished" + ("" if complete else " (rerun to finish)"))
-    print(f"this run: {embedded} images in {seconds:.1f} s ({embedded / max(seconds, 1e-9):.1f} images/s)")
+    print(f"this run: {embedded} images in {seconds:.1f} s ({embedded / max(seconds, 1e-9):.1f} images/s)"
+          + "".join(f"; {n} parts by {where}" for where, n in sorted(Counter(r["actor"] for r in results).items())))
     print(f"samples with features: {num_samples}" + "".join(f"; skipped {r}: {n}" for r, n in sorted(failures.items())))
     print(storage_report(cfg.output, all_parts, num_samples))
     if teacher.random_init:

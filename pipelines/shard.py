@@ -28,13 +28,13 @@ import ray
 from tqdm import tqdm
 
 from common.config import ConfigError, job_config
-from common.ray_utils import cluster_cpus, init_ray
+from common.ray_utils import init_ray
 from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
-from formats.manifest import write_manifest
+from formats.manifest import committed_counts, write_manifest
 from formats.shards import committed_names
 from pipelines.sharding.dedup import start_dedup
 from pipelines.sharding.plan import make_plan
-from pipelines.sharding.sources import SourceSpec
+from pipelines.sharding.sources import DISALLOWED_DIRECTIVES, FetchSpec, SourceSpec
 from pipelines.sharding.worker import WorkerSpec, process_shard
 
 log = logging.getLogger("shard")
@@ -54,9 +54,16 @@ class ShardConfig(ResizeSpec):
     dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
     thread_count: int = field(default=16, metadata={"help": "fetching threads per shard task"})
     decode_threads: int = field(default=2, metadata={"help": "of those, how many decode/resize/encode at once"})
-    timeout_s: float = 10.0
-    retries: int = 2
+    timeout_s: float = field(default=10.0, metadata={"help": "seconds for each connect and read of a URL"})
+    retries: int = field(default=2, metadata={"help": "extra tries of a URL after a timeout, network error, 429 or 5xx"})
+    deadline_s: float = field(default=60.0, metadata={"help": "seconds for one URL in all, tries included"})
+    user_agent_token: str = field(default="clips4", metadata={"help": "our name to sites (User-Agent, X-Robots-Tag)"})
+    disallowed_header_directives: tuple[str, ...] = field(default=DISALLOWED_DIRECTIVES, metadata={
+        "help": "X-Robots-Tag directives that opt an image out (status opted_out), as img2dataset; empty = ignore them"})
     shard_retries: int = field(default=2, metadata={"help": "times a shard is redone whole after a storage error"})
+    max_tasks: int = field(default=0, metadata={"help": "shard tasks at once; 0 = as many as the cluster gives, "
+                                                        "growing as an autoscaler adds nodes"})
+    cpus_per_task: float = field(default=1.0, metadata={"help": "CPUs each shard task asks Ray for"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
@@ -67,8 +74,13 @@ class ShardConfig(ResizeSpec):
         for name in ("samples_per_shard", "image_size", "thread_count", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if min(self.retries, self.shard_retries) < 0 or self.timeout_s <= 0:
-            raise ConfigError("retries and shard_retries must be >= 0, timeout_s > 0")
+        if self.max_tasks < 0 or self.cpus_per_task <= 0:
+            raise ConfigError("max_tasks must be >= 0 and cpus_per_task > 0")
+        if min(self.retries, self.shard_retries) < 0 or self.timeout_s <= 0 or self.deadline_s <= 0:
+            raise ConfigError("retries and shard_retries must be >= 0, timeout_s and deadline_s > 0")
+        # normalised once, while the config is built: directives compare lower-case
+        object.__setattr__(self, "disallowed_header_directives",
+                           tuple(d.strip().lower() for d in self.disallowed_header_directives if d.strip()))
         if not 1 <= self.encode_quality <= 100:
             raise ConfigError(f"encode_quality must be in 1..100, got {self.encode_quality}")
         if self.max_aspect_ratio < 1:
@@ -79,12 +91,15 @@ class ShardConfig(ResizeSpec):
 
     def worker_spec(self, key_digits: int) -> WorkerSpec:
         resize = ResizeSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ResizeSpec)})
-        return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, self.timeout_s,
-                          self.retries, self.shard_retries)
+        fetching = FetchSpec(self.timeout_s, self.retries, self.deadline_s, self.user_agent_token,
+                             self.disallowed_header_directives)
+        return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, fetching,
+                          self.shard_retries)
 
     def output_settings(self) -> dict:
         """The settings that shape what a shard holds; a rerun into the same output must repeat them."""
-        shaping = [f.name for f in dataclasses.fields(ResizeSpec)] + ["url_col", "caption_col", "extensions", "dedup"]
+        shaping = [f.name for f in dataclasses.fields(ResizeSpec)] + ["url_col", "caption_col", "extensions", "dedup",
+                                                                 "disallowed_header_directives"]
         return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in shaping}
 
 
@@ -122,13 +137,17 @@ def run(cfg: ShardConfig) -> dict:
     started, results = time.time(), []
     if pending:
         shards = ray.data.from_items([{"name": n} for n in pending], override_num_blocks=len(pending))
-        written = shards.map(lambda row: process_shard(row["name"], spec, dedup), num_cpus=1,
-                             compute=ray.data.TaskPoolStrategy(size=min(len(pending), cluster_cpus())))
+        # not sized from the cluster at start (a 0-CPU head would give one task): Ray Data runs as many
+        # as the cluster has room for, and more as it grows
+        written = shards.map(lambda row: process_shard(row["name"], spec, dedup), num_cpus=cfg.cpus_per_task,
+                             concurrency=cfg.max_tasks or None)
         with tqdm(total=sum(plan.shard_size(n) for n in pending), desc="inputs", unit="img") as bar:
             for stats in written.iter_rows():
                 results.append(stats)
                 bar.update(stats["num_inputs"])
-    manifest = write_manifest(cfg.output, plan.num_shards)
+    counts = committed_counts(cfg.output, done)  # shards done before: the last manifest holds their counts
+    counts.update({r["shard"]: r["num_samples"] for r in results if r["status"] in ("written", "skipped")})
+    manifest = write_manifest(cfg.output, plan.num_shards, counts)
     print(summarize(results, len(done), manifest, time.time() - started))
     if any(r["status"] == "failed" for r in results):
         manifest["failed"] = True

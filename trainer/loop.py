@@ -22,7 +22,7 @@ from common.storage import filesystem, join, write_json_atomic
 from formats.model_file import save_model
 from formats.prototypes import load_prototypes
 from formats.teacher_weights import load_teacher
-from model.clip_teacher import TeacherConfig
+from model.clip_teacher import TeacherConfig, auto_precision
 from model.network import build_network
 from trainer.collectives import backend_device
 from trainer.config import TrainConfig
@@ -34,7 +34,6 @@ from trainer.step import (
     deepspeed_config,
     forward_losses,
     lr_factor,
-    teacher_precision,
     with_teacher_features,
 )
 from trainer.unknown import UnknownRefresher
@@ -84,7 +83,7 @@ def online_teacher(inputs: LoopInputs, device: torch.device) -> OnlineTeacher | 
     """The embed job's teacher, frozen on this worker's device, when teacher.mode is online."""
     if inputs.cfg.teacher.mode != "online":
         return None
-    precision = teacher_precision(inputs.cfg.teacher.precision, device)
+    precision = auto_precision(inputs.cfg.teacher.precision, device)  # as the embed job's actors decide
     teacher = load_teacher(TeacherConfig(inputs.teacher["model"], inputs.teacher["pretrained"], precision), device)
     return OnlineTeacher(teacher, inputs.last_block, precision)
 

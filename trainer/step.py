@@ -18,14 +18,6 @@ from trainer.config import TrainConfig
 TEACHER_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def teacher_precision(setting: str, device: torch.device) -> str:
-    """teacher.precision with "auto" decided where the teacher runs: fp16 on a GPU, as the embed job
-    computes precomputed features, and fp32 on a CPU, whose fp16 and bf16 matmuls are not faster."""
-    if setting != "auto":
-        return setting
-    return "fp16" if device.type == "cuda" else "fp32"
-
-
 @dataclass
 class OnlineTeacher:
     """The frozen CLIP teacher inside the step (teacher.mode=online): dense features of each view,

@@ -13,13 +13,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import ray
 import torch
 
 from formats.images import ResizeSpec, configure_decoders
 from formats.shards import ShardWriter, is_committed, read_samples, tar_name
 from formats.sidecar import encode_sample, num_parts, part_name, sample_canvas
 from formats.teacher_weights import load_teacher
-from model.clip_teacher import TeacherConfig, dense_and_global
+from model.clip_teacher import TeacherConfig, auto_precision, dense_and_global
 from model.superpixels import SuperpixelConfig, superpixels
 
 
@@ -65,8 +66,15 @@ def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
 class ClipEmbedder:
     """A Ray Data actor: holds the teacher once, embeds a chunk in batches and publishes its part."""
 
-    def __init__(self, teacher: TeacherConfig, spec: EmbedSpec, batch_size: int, last_block: str, num_threads: int):
+    def __init__(self, clip_model: str, clip_pretrained: str, precision: str, spec: EmbedSpec, batch_size: int,
+                 last_block: str, num_threads: int):
+        # where the model runs decides its device and an "auto" precision, not the driver
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher = TeacherConfig(clip_model, clip_pretrained, auto_precision(precision, self.device))
+        # reported per part: an actor given a GPU that CUDA cannot see (a driver mismatch) shows as such
+        assigned = len(ray.get_runtime_context().get_accelerator_ids().get("GPU", []))
+        self.where = (f"{self.device} ({teacher.precision})" if spec.storage != "none" else "cpu (no model)") + \
+            f" with {assigned} GPU assigned"
         # Ray pins a 1-CPU actor to one thread; on a CPU node the model is the work, so it takes
         # every core unless told otherwise (the decode tasks beside it are a small fraction)
         threads = num_threads or (0 if self.device == "cuda" else os.cpu_count())
@@ -109,7 +117,7 @@ class ClipEmbedder:
         except BaseException:
             writer.abort()
             raise
-        return {"shard": chunk["shard"], "num_samples": len(keys),
+        return {"shard": chunk["shard"], "num_samples": len(keys), "actor": self.where,
                 "num_failed": len(chunk["failures"]), "seconds": time.time() - started}
 
 

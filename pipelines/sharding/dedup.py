@@ -36,7 +36,19 @@ def committed_hashes(output: str, names: list[str]) -> dict[str, str]:
     return seed
 
 
+class DedupFailed(RuntimeError):
+    """The dedup service did not answer: the shard fails (and is retried whole), no image is marked."""
+
+
 def start_dedup(output: str, committed_names: list[str]):
-    """A callable `claim(sha256, key) -> owner key` usable from any Ray task."""
+    """A callable `claim(sha256, key) -> owner key` usable from any Ray task; raises DedupFailed."""
     actor = FirstSeen.remote(committed_hashes(output, committed_names))
-    return lambda sha256, key: ray.get(actor.claim.remote(sha256, key))
+
+    def claim(sha256: str, key: str) -> str:
+        try:
+            return ray.get(actor.claim.remote(sha256, key))
+        except Exception as e:  # the actor died or cannot be reached
+            raise DedupFailed(f"dedup: {type(e).__name__}: {e}") from e
+
+    claim.actor = actor  # for whoever must stop it (and for tests that kill it)
+    return claim

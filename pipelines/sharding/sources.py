@@ -86,18 +86,54 @@ def list_inputs(spec: SourceSpec) -> Iterator[InputRow]:
     return _table_rows(spec) if _is_url_list(spec.input) else _folder_rows(spec)
 
 
-def _fetch_http(url: str, timeout_s: float) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": "clips4-shard/0.1"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return response.read()
+# img2dataset's default: the X-Robots-Tag directives by which a site opts its images out of AI use
+DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 
 
-def fetch(location: str, timeout_s: float, retries: int) -> bytes:
-    """The bytes at `location`; raises `FetchError` after `retries` extra tries on transient errors."""
-    for attempt in range(retries + 1):
+@dataclass(frozen=True)
+class FetchSpec:
+    timeout_s: float = 10.0  # each connect and read
+    retries: int = 2  # extra tries after a transient failure (timeout, network, 429, 5xx)
+    deadline_s: float = 60.0  # the whole fetch of one input, tries included: a slow drip cannot hold a thread
+    user_agent_token: str = "clips4"  # our name in the User-Agent and in X-Robots-Tag ("clips4: noai")
+    disallowed_directives: tuple[str, ...] = DISALLOWED_DIRECTIVES  # () = X-Robots-Tag not honoured
+
+
+def opted_out(values: list[str], token: str, disallowed: tuple[str, ...]) -> bool:
+    """Whether X-Robots-Tag header values forbid our use: "noai, noindex" speaks to every agent,
+    "clips4: noai" to the one named only."""
+    for value in values:
+        agent, _, directives = value.rpartition(":")
+        if agent.strip() and agent.strip().lower() != token.lower():
+            continue
+        if {d.strip().lower() for d in directives.split(",")} & set(disallowed):
+            return True
+    return False
+
+
+def _fetch_http(url: str, spec: FetchSpec, deadline: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": f"{spec.user_agent_token}-shard/0.1"})
+    with urllib.request.urlopen(request, timeout=min(spec.timeout_s, max(0.01, deadline - time.monotonic()))) as response:
+        if spec.disallowed_directives and opted_out(response.headers.get_all("X-Robots-Tag") or [],
+                                                    spec.user_agent_token, spec.disallowed_directives):
+            raise FetchError("opted_out", "X-Robots-Tag forbids AI use")  # before reading the body
+        chunks = []
+        # read1 returns what one read gives: the deadline is checked however slowly the bytes come
+        while chunk := response.read1(1 << 16):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"deadline of {spec.deadline_s:g} s passed")
+        return b"".join(chunks)
+
+
+def fetch(location: str, spec: FetchSpec) -> bytes:
+    """The bytes at `location`; raises `FetchError` after `spec.retries` extra tries on transient errors,
+    or once `spec.deadline_s` has passed."""
+    deadline = time.monotonic() + spec.deadline_s
+    for attempt in range(spec.retries + 1):
         try:
             if location.startswith(("http://", "https://")):
-                return _fetch_http(location, timeout_s)
+                return _fetch_http(location, spec, deadline)
             with fsspec.open(location, "rb") as fh:
                 return fh.read()
         except urllib.error.HTTPError as e:
@@ -109,8 +145,10 @@ def fetch(location: str, timeout_s: float, retries: int) -> bytes:
         except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
             timed_out = isinstance(e, TimeoutError) or "timed out" in str(e)
             error = FetchError("timeout" if timed_out else "network", str(e))
-        if attempt < retries:
-            time.sleep(0.2 * 2 ** attempt)
+        pause = 0.2 * 2 ** attempt
+        if attempt == spec.retries or time.monotonic() + pause >= deadline:
+            break
+        time.sleep(pause)
     raise error
 
 

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from common.storage import filesystem, join
 from formats.images import ImageRejected, ResizeSpec, configure_decoders, process_image
 from formats.shards import ShardWriter, is_committed, read_stats
-from pipelines.sharding.sources import FetchError, fetch
+from pipelines.sharding.dedup import DedupFailed
+from pipelines.sharding.sources import FetchError, FetchSpec, fetch
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ class WorkerSpec:
     key_digits: int  # digits of the in-shard index; the key is shard name + index
     thread_count: int = 16
     decode_threads: int = 2
-    timeout_s: float = 10.0
-    retries: int = 2
+    fetching: FetchSpec = FetchSpec()
     shard_retries: int = 2
 
 
@@ -48,9 +48,9 @@ def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaph
     """One input to (ledger row, EncodedImage or None); never raises for a bad input."""
     record = {"location": row["location"], "caption": row["caption"]}
     try:
-        data = fetch(row["location"], spec.timeout_s, spec.retries)
+        data = fetch(row["location"], spec.fetching)
         if row.get("caption_location"):
-            record["caption"] = fetch(row["caption_location"], spec.timeout_s, spec.retries).decode("utf-8", "replace").strip()
+            record["caption"] = fetch(row["caption_location"], spec.fetching).decode("utf-8", "replace").strip()
         record["sha256"] = hashlib.sha256(data).hexdigest()
         if dedup is not None:
             first = dedup(record["sha256"], row["key"])
@@ -60,6 +60,8 @@ def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaph
             image = process_image(data, spec.resize)
     except (FetchError, ImageRejected) as e:
         return {**record, "status": e.reason, "error": str(e)}, None
+    except DedupFailed:  # not the input's fault: the shard fails and is redone, no image is marked
+        raise
     except Exception as e:  # an input must never fail its shard: record anything unforeseen
         return {**record, "status": "error", "error": f"{type(e).__name__}: {e}"}, None
     record.update(status="success", width=image.size[0], height=image.size[1],

@@ -158,6 +158,34 @@ def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
     assert {d["duplicate_of"] for d in dupes} == owner
 
 
+def test_a_dedup_failure_fails_the_shard_and_marks_no_image(ray_local, tmp_path):
+    """The dedup actor dies: the shard is not committed with its images marked "error"; it fails whole
+    (after its retries), leaves nothing behind, and a rerun writes every image."""
+    import ray
+
+    from pipelines.shard import ShardConfig
+    from pipelines.sharding.dedup import DedupFailed, start_dedup
+    from pipelines.sharding.plan import make_plan
+    from pipelines.sharding.sources import SourceSpec
+    from pipelines.sharding.worker import process_shard
+
+    write_corpus(str(tmp_path), num_train=4, num_val=0, size=64)
+    out = tmp_path / "shards"
+    cfg = ShardConfig(input=str(tmp_path / "train"), output=str(out), samples_per_shard=4, shard_retries=1, dedup=True)
+    plan = make_plan(SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions), cfg.output, 4,
+                     cfg.output_settings())
+    spec = cfg.worker_spec(plan.key_digits)
+    claim = start_dedup(cfg.output, [])
+    ray.kill(claim.actor)
+    with pytest.raises(DedupFailed):
+        claim("sha", "key")
+    result = process_shard("00000", spec, claim)
+    assert result["status"] == "failed" and "DedupFailed" in result["error"]
+    assert [p.name for p in out.iterdir()] == ["_plan"]  # no tar, ledger or marker
+    again = process_shard("00000", spec, start_dedup(cfg.output, []))
+    assert again["status"] == "written" and again["num_samples"] == 4
+
+
 def settled_count(folder, pattern: str) -> int:
     """How many files match once none has appeared for two seconds."""
     count, since = len(list(folder.glob(pattern))), time.time()

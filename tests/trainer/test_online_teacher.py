@@ -4,8 +4,8 @@ and in bf16 closely, and the batch takes them in place of stored ones."""
 import pytest
 import torch
 
-from model.clip_teacher import TeacherConfig, dense_features, load_teacher
-from trainer.step import OnlineTeacher, teacher_precision, with_teacher_features
+from model.clip_teacher import TeacherConfig, auto_precision, dense_features, load_teacher
+from trainer.step import OnlineTeacher, with_teacher_features
 
 
 @pytest.mark.parametrize("model", ["tiny-rn", "tiny-vit"])
@@ -34,6 +34,6 @@ def test_the_batch_takes_the_teachers_features_in_place_of_its_crops():
 
 
 def test_auto_precision_is_decided_where_the_teacher_runs():
-    assert teacher_precision("auto", torch.device("cpu")) == "fp32"
-    assert teacher_precision("auto", torch.device("cuda", 0)) == "fp16"
-    assert teacher_precision("bf16", torch.device("cpu")) == "bf16"
+    assert auto_precision("auto", torch.device("cpu")) == "fp32"
+    assert auto_precision("auto", torch.device("cuda", 0)) == "fp16"
+    assert auto_precision("bf16", "cpu") == "bf16"

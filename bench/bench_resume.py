@@ -1,0 +1,106 @@
+"""How long the shard job takes to recognise a finished dataset of many shards, and how many object-store
+calls it makes, on local disk and on the loopback S3 (moto):
+
+    python -m bench.bench_resume --num-shards 100000
+
+The output is laid out as a run that wrote every shard leaves it (`_plan/plan.json`, and per shard
+`NAME.tar`, `NAME.parquet`, `NAME_stats.json` with empty bodies: only names are read), plus the
+manifest. Then `pipelines/shard.py`'s `run()` is timed on it, Ray already started: the plan read, one listing, the counts
+from the manifest, the new manifest, with nothing left to write. The S3 objects are put into moto's
+in-memory backend directly (the put is setup, not measured); the job's own requests go through
+HTTP and are counted by moto's recorder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import asdict
+
+import requests
+
+from common.ray_utils import init_ray
+from pipelines import shard
+from pipelines.sharding.plan import Plan
+
+SAMPLES = 10_000  # per shard: 100k shards = 1B images
+
+
+def layout(num_shards: int, settings: dict) -> dict[str, bytes]:
+    """Relative path -> body of a finished output."""
+    plan = Plan("bench://input", SAMPLES, num_shards * SAMPLES, num_shards, 5, 4, settings)
+    files = {"_plan/plan.json": json.dumps(asdict(plan)).encode()}
+    names = plan.names()
+    for name in names:
+        files[f"{name}.tar"] = b""
+        files[f"{name}.parquet"] = b""
+        files[f"{name}_stats.json"] = json.dumps({"shard": name, "num_samples": SAMPLES}).encode()
+    files["manifest.json"] = json.dumps({"shards": [{"name": f"{n}.tar", "num_samples": SAMPLES} for n in names],
+                                         "num_shards": num_shards, "num_samples": num_shards * SAMPLES,
+                                         "complete": True}).encode()
+    return files
+
+
+def timed_run(output: str) -> tuple[float, dict]:
+    cfg = shard.ShardConfig(input="bench://input", output=output, samples_per_shard=SAMPLES, num_cpus=1)
+    started = time.perf_counter()
+    manifest = shard.run(cfg)
+    return time.perf_counter() - started, manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-shards", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    settings = shard.ShardConfig(input="-", output="-").output_settings()
+    files = layout(args.num_shards, settings)
+    init_ray(1)  # Ray's own start (~3 s here) is not part of recognising what is done
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, body in files.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, path)), exist_ok=True)
+            with open(os.path.join(tmp, path), "wb") as fh:
+                fh.write(body)
+        seconds, manifest = timed_run(tmp)
+        assert manifest["complete"] and manifest["num_shards"] == args.num_shards
+        rows.append(("local disk", seconds, "-"))
+
+    from moto.backends import get_backend
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        backend = get_backend("s3")["123456789012"]["aws"]
+        backend.create_bucket("bench", "us-east-1")
+        for path, body in files.items():
+            backend.put_object("bench", f"out/{path}", body)
+        recorder = f"{endpoint}/moto-api/recorder"
+        requests.post(f"{recorder}/reset-recording", timeout=10)
+        requests.post(f"{recorder}/start-recording", timeout=10)
+        seconds, manifest = timed_run("s3://bench/out")
+        requests.post(f"{recorder}/stop-recording", timeout=10)
+        calls = sum("/bench" in line for line in requests.get(f"{recorder}/download-recording", timeout=10).text.splitlines())
+        assert manifest["complete"] and manifest["num_shards"] == args.num_shards
+        rows.append(("loopback S3 (moto)", seconds, str(calls)))
+    finally:
+        server.stop()
+    print(f"| {args.num_shards:,} finished shards on | run() to the new manifest (s) | object-store calls |")
+    print("|---|---|---|")
+    for where, seconds, calls in rows:
+        print(f"| {where} | {seconds:.1f} | {calls} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
