@@ -14,7 +14,6 @@ import threading
 import time
 from contextlib import contextmanager
 
-
 ROBOTS = {"/noai/": "noai, noindex", "/otherbot-noai/": "otherbot: noai"}
 
 
