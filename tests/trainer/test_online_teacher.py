@@ -37,3 +37,12 @@ def test_auto_precision_is_decided_where_the_teacher_runs():
     assert auto_precision("auto", torch.device("cpu")) == "fp32"
     assert auto_precision("auto", torch.device("cuda", 0)) == "fp16"
     assert auto_precision("bf16", "cpu") == "bf16"
+
+
+def test_teacher_settings_are_checked_at_the_edge():
+    from common.config import ConfigError, build_config
+    from trainer.config import TrainConfig
+
+    for bad in ({"mode": "live"}, {"precision": "int8"}):
+        with pytest.raises(ConfigError, match="teacher"):
+            build_config(TrainConfig, {"data": {"shards": "s", "clip": "c"}, "teacher": bad})
