@@ -52,6 +52,7 @@ class ShardConfig(ResizeSpec):
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
     samples_per_shard: int = 10_000
     dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
+    dedup_actors: int = field(default=4, metadata={"help": "actors sharing the hashes (memory and claims)"})
     thread_count: int = field(default=16, metadata={"help": "fetching threads per shard task"})
     decode_threads: int = field(default=2, metadata={"help": "of those, how many decode/resize/encode at once"})
     timeout_s: float = field(default=10.0, metadata={"help": "seconds for each connect and read of a URL"})
@@ -71,7 +72,7 @@ class ShardConfig(ResizeSpec):
             raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"output_format must be one of {tuple(OUTPUT_FORMATS)}, got {self.output_format!r}")
-        for name in ("samples_per_shard", "image_size", "thread_count", "decode_threads"):
+        for name in ("samples_per_shard", "image_size", "thread_count", "decode_threads", "dedup_actors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_tasks < 0 or self.cpus_per_task <= 0:
@@ -133,7 +134,7 @@ def run(cfg: ShardConfig) -> dict:
     done = [n for n in plan.names() if n in committed]
     pending = [n for n in plan.names() if n not in committed]
     log.info("%d shards complete, %d to write", len(done), len(pending))
-    dedup = start_dedup(cfg.output, done) if cfg.dedup else None
+    dedup = start_dedup(cfg.output, done, cfg.dedup_actors) if cfg.dedup else None
     started, results = time.time(), []
     if pending:
         shards = ray.data.from_items([{"name": n} for n in pending], override_num_blocks=len(pending))

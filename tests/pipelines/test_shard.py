@@ -148,7 +148,8 @@ def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
     for i in range(6):
         (raw / f"{i}.jpg").write_bytes(photo if i % 2 == 0 else photo + bytes([i]))
     out = tmp_path / "shards"
-    assert shard_main(["--input", str(raw), "--output", str(out), "--samples-per-shard", "2", "--dedup", "true"]) == 0
+    assert shard_main(["--input", str(raw), "--output", str(out), "--samples-per-shard", "2", "--dedup", "true",
+                       "--dedup-actors", "3"]) == 0
     rows = ledger(str(out))
     kept = [r for r in rows if r["status"] == "success"]
     dupes = [r for r in rows if r["status"] == "duplicate"]
@@ -175,8 +176,8 @@ def test_a_dedup_failure_fails_the_shard_and_marks_no_image(ray_local, tmp_path)
     plan = make_plan(SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions), cfg.output, 4,
                      cfg.output_settings())
     spec = cfg.worker_spec(plan.key_digits)
-    claim = start_dedup(cfg.output, [])
-    ray.kill(claim.actor)
+    claim = start_dedup(cfg.output, [], num_actors=1)
+    ray.kill(claim.actors[0])
     with pytest.raises(DedupFailed):
         claim("sha", "key")
     result = process_shard("00000", spec, claim)
