@@ -66,6 +66,7 @@ class ShardConfig(ResizeSpec):
                                                         "growing as an autoscaler adds nodes"})
     cpus_per_task: float = field(default=1.0, metadata={"help": "CPUs each shard task asks Ray for"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
+    plan_only: bool = field(default=False, metadata={"help": "write and summarise the plan, fetch nothing, start no Ray"})
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
@@ -128,6 +129,12 @@ def run(cfg: ShardConfig) -> dict:
     The plan comes first, before Ray starts: a mismatched rerun is a ConfigError with no cluster."""
     source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions)
     plan = make_plan(source, cfg.output, cfg.samples_per_shard, cfg.output_settings())
+    if cfg.plan_only:
+        last = plan.names()[-1]
+        print(f"plan: {plan.num_inputs} inputs from {plan.input} in {plan.num_shards} shards of "
+              f"{plan.samples_per_shard} (the last, {last}, holds {plan.shard_size(last)}); written under "
+              f"{cfg.output.rstrip('/')}/_plan/; nothing fetched")
+        return {"plan_only": True, "num_inputs": plan.num_inputs, "num_shards": plan.num_shards}
     init_ray(cfg.num_cpus or None)
     spec = cfg.worker_spec(plan.key_digits)
     committed = set(committed_names(cfg.output))  # one listing, not a request per shard

@@ -278,3 +278,16 @@ def test_a_rerun_with_other_output_settings_is_refused_before_ray_starts(corpus,
     assert rerun.stderr.strip().splitlines()[-1] == (f"error: {out} holds shards made with image_size=32, not 64; "
                                                      "use another output folder, or the same values to resume")
     assert "Ray" not in rerun.stderr
+
+
+def test_plan_only_writes_and_summarises_the_plan_and_fetches_nothing(corpus, tmp_path):
+    out = tmp_path / "shards"
+    done = subprocess.run([sys.executable, "pipelines/shard.py", "--input", str(corpus), "--output", str(out),
+                           "--samples-per-shard", "4", "--plan-only"],
+                          cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    total = json.loads((out / "_plan" / "plan.json").read_text())["num_inputs"]
+    assert total > 24  # the scenes and the awkward files
+    assert f"plan: {total} inputs from {corpus} in {-(-total // 4)} shards of 4" in done.stdout
+    assert "nothing fetched" in done.stdout and "Ray" not in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["_plan"]  # no tar, ledger or marker
