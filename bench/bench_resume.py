@@ -3,10 +3,11 @@ calls it makes, on local disk and on the loopback S3 (moto):
 
     python -m bench.bench_resume --num-shards 100000
 
-The output is laid out as a run that wrote every shard leaves it (`_plan/plan.json`, and per shard
-`NAME.tar`, `NAME.parquet`, `NAME_stats.json` with empty bodies: only names are read), plus the
-manifest. Then `pipelines/shard.py`'s `run()` is timed on it, Ray already started: the plan read, one listing, the counts
-from the manifest, the new manifest, with nothing left to write. The S3 objects are put into moto's
+The output is laid out as a run that wrote every shard leaves it (`_plan/plan.json` and
+`_plan/files.parquet`, and per shard `NAME.tar`, `NAME.parquet`, `NAME_stats.json` with empty
+bodies: only names are read), plus the manifest. Then `pipelines/shard.py`'s `run()` is timed on
+it, Ray already started: the plan read, one listing, the counts from the manifest, the new
+manifest, with nothing left to write. The S3 objects are put into moto's
 in-memory backend directly (the put is setup, not measured); the job's own requests go through
 HTTP and are counted by moto's recorder.
 """
@@ -25,15 +26,18 @@ import requests
 
 from common.ray_utils import init_ray
 from pipelines import shard
-from pipelines.sharding.plan import Plan
+from pipelines.sharding.lists import ListFile
+from pipelines.sharding.plan import Plan, files_table
 
 SAMPLES = 10_000  # per shard: 100k shards = 1B images
 
 
 def layout(num_shards: int, settings: dict) -> dict[str, bytes]:
     """Relative path -> body of a finished output."""
-    plan = Plan("bench://input", SAMPLES, num_shards * SAMPLES, num_shards, 5, 4, settings)
-    files = {"_plan/plan.json": json.dumps(asdict(plan)).encode()}
+    listed = (ListFile("bench://input/urls.parquet", "parquet", num_shards * SAMPLES),)
+    plan = Plan("bench://input", SAMPLES, num_shards * SAMPLES, num_shards, 5, 4, settings, files=listed)
+    files = {"_plan/plan.json": json.dumps({k: v for k, v in asdict(plan).items() if k != "files"}).encode(),
+             "_plan/files.parquet": files_table(listed)}
     names = plan.names()
     for name in names:
         files[f"{name}.tar"] = b""

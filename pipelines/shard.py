@@ -33,6 +33,7 @@ from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, Resiz
 from formats.manifest import committed_counts, write_manifest
 from formats.shards import committed_names
 from pipelines.sharding.dedup import start_dedup
+from pipelines.sharding.lists import Segment
 from pipelines.sharding.plan import make_plan
 from pipelines.sharding.sources import DISALLOWED_DIRECTIVES, FetchSpec, SourceSpec
 from pipelines.sharding.worker import WorkerSpec, process_shard
@@ -45,7 +46,8 @@ class ShardConfig(ResizeSpec):
     """The shard job's settings: where from and to, how to split and fetch, and (inherited from
     ResizeSpec, the flags --image-size, --resize-mode, ...) what each written image looks like."""
 
-    input: str = field(metadata={"help": "folder, fsspec prefix (s3://...), or URL list (.txt/.csv/.parquet)"})
+    input: str = field(metadata={"help": "folder of images (local or s3://...), or URL lists: a .parquet, .csv, .tsv, "
+                                         ".jsonl or .txt file, a folder of them or a glob"})
     output: str = field(metadata={"help": "local folder or fsspec prefix for the shards"})
     url_col: str = "url"
     caption_col: str = "caption"
@@ -96,7 +98,7 @@ class ShardConfig(ResizeSpec):
         fetching = FetchSpec(self.timeout_s, self.retries, self.deadline_s, self.user_agent_token,
                              self.disallowed_header_directives)
         return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, fetching,
-                          self.shard_retries)
+                          self.shard_retries, self.url_col, self.caption_col)
 
     def output_settings(self) -> dict:
         """The settings that shape what a shard holds; a rerun into the same output must repeat them."""
@@ -131,7 +133,7 @@ def run(cfg: ShardConfig) -> dict:
     plan = make_plan(source, cfg.output, cfg.samples_per_shard, cfg.output_settings())
     if cfg.plan_only:
         last = plan.names()[-1]
-        print(f"plan: {plan.num_inputs} inputs from {plan.input} in {plan.num_shards} shards of "
+        print(f"plan: {plan.num_inputs} inputs from {plan.input} ({len(plan.files)} list files) in {plan.num_shards} shards of "
               f"{plan.samples_per_shard} (the last, {last}, holds {plan.shard_size(last)}); written under "
               f"{cfg.output.rstrip('/')}/_plan/; nothing fetched")
         return {"plan_only": True, "num_inputs": plan.num_inputs, "num_shards": plan.num_shards}
@@ -144,11 +146,14 @@ def run(cfg: ShardConfig) -> dict:
     dedup = start_dedup(cfg.output, done, cfg.dedup_actors) if cfg.dedup else None
     started, results = time.time(), []
     if pending:
-        shards = ray.data.from_items([{"name": n} for n in pending], override_num_blocks=len(pending))
+        # each task gets its shard's row ranges and reads the rows itself
+        shards = ray.data.from_items([{"name": n, "segments": [dataclasses.asdict(s) for s in plan.segments(n)]}
+                                      for n in pending], override_num_blocks=len(pending))
         # not sized from the cluster at start (a 0-CPU head would give one task): Ray Data runs as many
         # as the cluster has room for, and more as it grows
-        written = shards.map(lambda row: process_shard(row["name"], spec, dedup), num_cpus=cfg.cpus_per_task,
-                             concurrency=cfg.max_tasks or None)
+        written = shards.map(
+            lambda row: process_shard(row["name"], [Segment(**s) for s in row["segments"]], spec, dedup),
+            num_cpus=cfg.cpus_per_task, concurrency=cfg.max_tasks or None)
         with tqdm(total=sum(plan.shard_size(n) for n in pending), desc="inputs", unit="img") as bar:
             for stats in written.iter_rows():
                 results.append(stats)

@@ -1,24 +1,37 @@
-"""Splitting the input list into shards once, so every rerun sees the same keys in the same shards.
+"""Splitting the input into shards once, so every rerun sees the same keys in the same shards.
 
-The plan is written under `OUTPUT/_plan/`: one small parquet of inputs per shard, then
-`plan.json` last. A rerun reads the plan instead of listing the input again.
+The plan is small whatever the input: the list files with their row counts (and text lists' sparse
+line index) in `OUTPUT/_plan/files.parquet`, then `plan.json` last. Shard N holds global rows
+[N * samples_per_shard, (N + 1) * samples_per_shard) across the files in order, so which rows a
+shard holds is arithmetic; its task reads them itself (lists.read_rows). Planning reads parquet
+footers and streams text lists once, in parallel, holding no rows: driver memory does not grow with
+the input. A folder of images is listed once into parquet lists under `_plan/inputs/`.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import functools
 import io
 import itertools
 import logging
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.config import ConfigError
 from common.storage import filesystem, join, read_json, write_bytes_atomic, write_json_atomic
-from pipelines.sharding.sources import SourceSpec, list_inputs, rows_to_table
-from pipelines.sharding.worker import plan_path
+from pipelines.sharding.lists import PATHS, ListFile, Segment, scan, segment
+from pipelines.sharding.sources import SourceSpec, folder_rows, url_lists
 
 log = logging.getLogger(__name__)
+
+PLAN_VERSION = 2  # 1: one parquet of rows per shard
+FOLDER_LIST_ROWS = 1_000_000  # images per parquet list written for a folder input
+SCAN_THREADS = 16  # list files scanned at once (footer reads and line counts are I/O bound)
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,8 @@ class Plan:
     # every setting that shapes what a shard holds (image size, codec, filters, columns): a rerun
     # with others would mix two kinds of shard in one dataset, so it is refused
     settings: dict = field(default_factory=dict)
+    version: int = PLAN_VERSION
+    files: tuple[ListFile, ...] = ()
 
     def names(self) -> list[str]:
         return [f"{i:0{self.shard_digits}d}" for i in range(self.num_shards)]
@@ -39,15 +54,71 @@ class Plan:
     def shard_size(self, name: str) -> int:
         return min(self.samples_per_shard, self.num_inputs - int(name) * self.samples_per_shard)
 
+    @functools.cached_property
+    def _first_rows(self) -> list[int]:
+        return [0, *itertools.accumulate(f.num_rows for f in self.files)]
 
-def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings: dict | None = None) -> Plan:
-    """Read the existing plan of `output` (a ConfigError if it was made with other `settings`), or list
-    the input and write one."""
+    def segments(self, name: str) -> list[Segment]:
+        """The row ranges of the list files that shard `name` holds, in order."""
+        first = self._first_rows
+        start = int(name) * self.samples_per_shard
+        stop = start + self.shard_size(name)
+        out = []
+        for i in range(bisect.bisect_right(first, start) - 1, len(self.files)):
+            if first[i] >= stop:
+                break
+            lo, hi = max(start, first[i]) - first[i], min(stop, first[i + 1]) - first[i]
+            if hi > lo:
+                out.append(segment(self.files[i], lo, hi))
+        return out
+
+
+def files_table(files: tuple[ListFile, ...]) -> bytes:
+    table = pa.table({"path": [f.path for f in files], "format": [f.format for f in files],
+                      "num_rows": pa.array([f.num_rows for f in files], pa.int64()),
+                      "line_offsets": pa.array([list(f.line_offsets) for f in files], pa.list_(pa.int64()))})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def read_files_table(data: bytes) -> tuple[ListFile, ...]:
+    return tuple(ListFile(r["path"], r["format"], r["num_rows"], tuple(r["line_offsets"]))
+                 for r in pq.read_table(io.BytesIO(data)).to_pylist())
+
+
+def load_plan(output: str) -> Plan | None:
     fs, root = filesystem(output)
     marker = join(root, "_plan", "plan.json")
-    key_digits = len(str(samples_per_shard - 1))
-    if fs.exists(marker):
-        plan = Plan(**read_json(fs, marker))
+    if not fs.exists(marker):
+        return None
+    saved = read_json(fs, marker)
+    if saved.get("version", 1) != PLAN_VERSION:
+        raise ConfigError(f"{output} was planned by an older version of the shard job; use another output folder")
+    return Plan(**{**saved, "files": read_files_table(fs.cat_file(join(root, "_plan", "files.parquet")))})
+
+
+def _folder_lists(spec: SourceSpec, root: str, fs) -> list[ListFile]:
+    """A folder input's images as parquet lists under `_plan/inputs/` (FOLDER_LIST_ROWS each)."""
+    files, rows = [], folder_rows(spec)
+    while chunk := list(itertools.islice(rows, FOLDER_LIST_ROWS)):
+        path = join(root, "_plan", "inputs", f"{len(files):05d}.parquet")
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"location": [r["location"] for r in chunk],
+                                 "caption_location": pa.array([r["caption_location"] for r in chunk], pa.string())}),
+                       buffer)
+        write_bytes_atomic(fs, path, buffer.getvalue())
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        files.append(ListFile(path if protocol in ("file", "local") else f"{protocol}://{path}", PATHS, len(chunk)))
+    return files
+
+
+def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings: dict | None = None) -> Plan:
+    """Read the existing plan of `output` (a ConfigError if it was made with other `settings`), or scan
+    the input and write one."""
+    fs, root = filesystem(output)
+    plan = load_plan(output)
+    if plan is not None:
         if (plan.input, plan.samples_per_shard) != (source.input, samples_per_shard):
             raise ConfigError(
                 f"{output} was planned from input={plan.input} with samples_per_shard="
@@ -59,22 +130,25 @@ def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings:
                               "use another output folder, or the same values to resume")
         log.info("resuming: %d inputs in %d shards already planned", plan.num_inputs, plan.num_shards)
         return plan
-    fs.makedirs(join(root, "_plan"), exist_ok=True)
-    # Shard names need a fixed width before the count is known: 5 digits (img2dataset's) is
-    # 100k shards; a plan that outgrows it fails loudly rather than producing unsortable names.
-    shard_digits, num_inputs, shard_id = 5, 0, 0
-    rows = list_inputs(source)
-    while chunk := list(itertools.islice(rows, samples_per_shard)):
-        if shard_id >= 10 ** shard_digits:
-            raise ConfigError(f"more than {10 ** shard_digits} shards: raise samples_per_shard")
-        buf = io.BytesIO()
-        pq.write_table(rows_to_table(chunk), buf)
-        write_bytes_atomic(fs, plan_path(root, f"{shard_id:0{shard_digits}d}"), buf.getvalue())
-        num_inputs += len(chunk)
-        shard_id += 1
+    lists = url_lists(source)
+    if lists is None:
+        files = tuple(_folder_lists(source, root, fs))
+    else:
+        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+            files = tuple(f for f in pool.map(scan, lists) if f.num_rows)
+    num_inputs = sum(f.num_rows for f in files)
     if num_inputs == 0:
         raise ConfigError(f"no inputs found in {source.input}")
-    plan = Plan(source.input, samples_per_shard, num_inputs, shard_id, shard_digits, key_digits, dict(settings or {}))
-    write_json_atomic(fs, marker, asdict(plan))
-    log.info("planned %d inputs in %d shards", num_inputs, shard_id)
+    # Shard names need a fixed width before the count is known: 5 digits (img2dataset's) is
+    # 100k shards; a plan that outgrows it fails loudly rather than producing unsortable names.
+    shard_digits, num_shards = 5, -(-num_inputs // samples_per_shard)
+    if num_shards > 10 ** shard_digits:
+        raise ConfigError(f"{num_inputs} inputs make {num_shards} shards, more than {10 ** shard_digits}: "
+                          "raise samples_per_shard")
+    plan = Plan(source.input, samples_per_shard, num_inputs, num_shards, shard_digits,
+                len(str(samples_per_shard - 1)), dict(settings or {}), PLAN_VERSION, files)
+    write_bytes_atomic(fs, join(root, "_plan", "files.parquet"), files_table(files))
+    write_json_atomic(fs, join(root, "_plan", "plan.json"),
+                      {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "files"})
+    log.info("planned %d inputs from %d list files in %d shards", num_inputs, len(files), num_shards)
     return plan

@@ -1,7 +1,6 @@
-"""Where inputs come from: folders and fsspec prefixes, or URL lists (txt, csv, parquet).
-
-`list_inputs` streams `(location, caption)` rows in a deterministic order; `fetch` returns the
-bytes of one location, over http(s) with timeouts and retries, or through fsspec.
+"""Where inputs come from: a folder of images (local or any fsspec prefix), or URL lists (one file, a
+folder of them, or a glob; formats in pipelines.sharding.lists); and `fetch`, the bytes of one
+location over http(s) (timeouts, retries, a deadline, X-Robots-Tag) or through fsspec.
 """
 
 from __future__ import annotations
@@ -10,22 +9,19 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import fsspec
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from common.config import ConfigError
 from common.storage import filesystem
 from formats.images import INPUT_EXTENSIONS
-
-URL_LIST_FORMATS = (".txt", ".csv", ".parquet")
+from pipelines.sharding.lists import LIST_FORMATS, list_format
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    input: str
+    input: str  # a folder of images, a URL list, a folder of URL lists, or a glob of them
     url_col: str = "url"
     caption_col: str = "caption"
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
@@ -37,53 +33,45 @@ class FetchError(Exception):
         self.reason = reason
 
 
-def _is_url_list(path: str) -> bool:
-    return path.lower().endswith(URL_LIST_FORMATS)
-
-
-class InputRow(NamedTuple):
-    location: str
-    caption: str | None = None  # inline caption from a URL list
-    caption_location: str | None = None  # sibling .txt file of a folder input, read by the worker
-
-
-def _folder_rows(spec: SourceSpec) -> Iterator[InputRow]:
-    fs, root = filesystem(spec.input)
-    if not fs.exists(root):
-        raise FileNotFoundError(f"input {spec.input} does not exist")
+def _url(fs, path: str) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def url_lists(spec: SourceSpec) -> list[str] | None:
+    """The URL list files the input names, sorted; None when it is a folder of images.
+
+    A list file's name says its format (lists.LIST_FORMATS); a glob (`s3://b/urls/*.parquet`) or a
+    folder holding list files and no image names every list in it. A folder with images is a folder
+    of images (its .txt files are their captions)."""
+    fs, root = filesystem(spec.input)
+    if any(c in spec.input for c in "*?["):
+        paths = sorted(fs.glob(root))
+    elif list_format(root):
+        if not fs.exists(root):
+            raise ConfigError(f"input {spec.input} does not exist")
+        return [spec.input]
+    else:
+        if not fs.exists(root):
+            raise ConfigError(f"input {spec.input} does not exist")
+        paths = sorted(fs.find(root))
+        if any(p.lower().endswith(spec.extensions) for p in paths):
+            return None
+    lists = [_url(fs, p) for p in paths if list_format(p)]
+    if not lists:
+        raise ConfigError(f"no images and no URL lists ({', '.join(LIST_FORMATS)}) in {spec.input}")
+    return lists
+
+
+def folder_rows(spec: SourceSpec) -> Iterator[dict]:
+    """The images of a folder in sorted order, each with its sibling NAME.txt caption's location."""
+    fs, root = filesystem(spec.input)
     files = sorted(fs.find(root))
     captions = {f.rsplit(".", 1)[0] for f in files if f.endswith(".txt")}
     for path in files:
-        if not path.lower().endswith(spec.extensions):
-            continue
-        stem = path.rsplit(".", 1)[0]
-        yield InputRow(prefix + path, None, prefix + stem + ".txt" if stem in captions else None)
-
-
-def _table_rows(spec: SourceSpec) -> Iterator[InputRow]:
-    lower = spec.input.lower()
-    with fsspec.open(spec.input, "rb") as fh:
-        if lower.endswith(".txt"):
-            for line in fh:
-                url = line.decode("utf-8", "replace").strip()
-                if url:
-                    yield InputRow(url)
-            return
-        table = pq.read_table(fh) if lower.endswith(".parquet") else pacsv.read_csv(fh)
-    if spec.url_col not in table.column_names:
-        raise ValueError(f"{spec.input} has no column {spec.url_col!r} (columns: {table.column_names})")
-    urls = table.column(spec.url_col).to_pylist()
-    has_caption = spec.caption_col in table.column_names
-    captions = table.column(spec.caption_col).to_pylist() if has_caption else [None] * len(urls)
-    for url, caption in zip(urls, captions):
-        yield InputRow(str(url), None if caption is None else str(caption))
-
-
-def list_inputs(spec: SourceSpec) -> Iterator[InputRow]:
-    """Every input in a stable order: sorted paths for folders, file order for URL lists."""
-    return _table_rows(spec) if _is_url_list(spec.input) else _folder_rows(spec)
+        if path.lower().endswith(spec.extensions):
+            stem = path.rsplit(".", 1)[0]
+            yield {"location": _url(fs, path), "caption_location": _url(fs, stem + ".txt") if stem in captions else None}
 
 
 # img2dataset's default: the X-Robots-Tag directives by which a site opts its images out of AI use
@@ -150,8 +138,3 @@ def fetch(location: str, spec: FetchSpec) -> bytes:
             break
         time.sleep(pause)
     raise error
-
-
-def rows_to_table(rows: list[InputRow]) -> pa.Table:
-    return pa.table({name: [getattr(r, name) for r in rows] for name in InputRow._fields},
-                    schema=pa.schema([(name, pa.string()) for name in InputRow._fields]))

@@ -141,6 +141,29 @@ def test_url_list_with_404s_and_a_slow_server(ray_local, corpus, tmp_path):
     assert "000000002.txt" in members and len([m for m in members if m.endswith(".jpg")]) == 6
 
 
+def test_many_url_lists_in_a_folder(ray_local, corpus, tmp_path):
+    """A folder of URL lists in several formats is one input: every row once, in list order, each
+    shard task reading its own rows."""
+    import pyarrow as pa
+
+    images = sorted(p.name for p in corpus.iterdir() if p.name.endswith(".jpg") and p.name[0] == "0")[:9]
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    with serve_folder(str(corpus)) as base:
+        urls = [f"{base}/{n}" for n in images]
+        pq.write_table(pa.table({"url": urls[:4], "caption": [f"c{i}" for i in range(4)]}), lists / "a.parquet")
+        (lists / "b.csv").write_text("url,caption\n" + "".join(f"{u},c{i + 4}\n" for i, u in enumerate(urls[4:7])))
+        (lists / "c.jsonl").write_text("".join(json.dumps({"url": u, "caption": f"c{i + 7}"}) + "\n"
+                                               for i, u in enumerate(urls[7:])))
+        out = tmp_path / "shards"
+        assert shard_main(["--input", str(lists), "--output", str(out), "--samples-per-shard", "4",
+                           "--image-size", "32"]) == 0
+    rows = ledger(str(out))
+    assert [r["location"] for r in rows] == urls and [r["caption"] for r in rows] == [f"c{i}" for i in range(9)]
+    assert all(r["status"] == "success" for r in rows)
+    assert read_manifest(str(out))["num_samples"] == 9
+
+
 def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -180,10 +203,10 @@ def test_a_dedup_failure_fails_the_shard_and_marks_no_image(ray_local, tmp_path)
     ray.kill(claim.actors[0])
     with pytest.raises(DedupFailed):
         claim("sha", "key")
-    result = process_shard("00000", spec, claim)
+    result = process_shard("00000", plan.segments("00000"), spec, claim)
     assert result["status"] == "failed" and "DedupFailed" in result["error"]
     assert [p.name for p in out.iterdir()] == ["_plan"]  # no tar, ledger or marker
-    again = process_shard("00000", spec, start_dedup(cfg.output, []))
+    again = process_shard("00000", plan.segments("00000"), spec, start_dedup(cfg.output, []))
     assert again["status"] == "written" and again["num_samples"] == 4
 
 
@@ -260,7 +283,7 @@ def test_decoding_threads_are_capped_while_many_fetch(corpus, tmp_path, monkeypa
 
     monkeypatch.setattr(shard_worker, "process_image", tracked)
     spec = shard_worker.WorkerSpec(out, ResizeSpec(32), plan.key_digits, thread_count=16, decode_threads=decode_threads)
-    stats = shard_worker.process_shard(plan.names()[0], spec)
+    stats = shard_worker.process_shard(plan.names()[0], plan.segments(plan.names()[0]), spec)
     assert stats["status"] == "written" and stats["num_samples"] >= 24  # the scenes and the awkward files that are fine
     assert peak[0] == decode_threads
 
