@@ -133,9 +133,10 @@ def run(cfg: ShardConfig) -> dict:
     plan = make_plan(source, cfg.output, cfg.samples_per_shard, cfg.output_settings())
     if cfg.plan_only:
         last = plan.names()[-1]
-        print(f"plan: {plan.num_inputs} inputs from {plan.input} ({len(plan.files)} list files) in {plan.num_shards} shards of "
-              f"{plan.samples_per_shard} (the last, {last}, holds {plan.shard_size(last)}); written under "
-              f"{cfg.output.rstrip('/')}/_plan/; nothing fetched")
+        lists = f"{len(plan.files)} list file{'s' if len(plan.files) > 1 else ''}"
+        print(f"plan: {plan.num_inputs} inputs from {plan.input} in {plan.num_shards} shards of "
+              f"{plan.samples_per_shard} (the last, {last}, holds {plan.shard_size(last)}), read from {lists}; "
+              f"written under {cfg.output.rstrip('/')}/_plan/; nothing fetched")
         return {"plan_only": True, "num_inputs": plan.num_inputs, "num_shards": plan.num_shards}
     init_ray(cfg.num_cpus or None)
     spec = cfg.worker_spec(plan.key_digits)
