@@ -3,7 +3,8 @@
 Paths under `/slow/` answer after `slow_s` seconds, to exercise client time-outs; under `/drip/`
 the body comes 1 KB every `slow_s` seconds (each read is quick, the whole is not); under `/noai/`
 the answer carries `X-Robots-Tag: noai, noindex` and under `/otherbot-noai/` `X-Robots-Tag:
-otherbot: noai` (an opt-out addressed to another agent). A missing file is a 404.
+otherbot: noai` (an opt-out addressed to another agent); under `/flaky/` the first request for each
+path is a 503 and later ones succeed. A missing file is a 404.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.path = self.path[len("/slow"):]
         if self.path.startswith("/drip/"):
             return self._drip(self.path[len("/drip"):])
+        if self.path.startswith("/flaky/"):
+            with self.flaky_lock:
+                first = self.path not in self.flaky_seen
+                self.flaky_seen.add(self.path)
+            if first:
+                return self.send_error(503)
+            self.path = self.path[len("/flaky"):]
         return super().do_GET()
 
     def end_headers(self):
@@ -64,7 +72,7 @@ class _Server(http.server.ThreadingHTTPServer):
 @contextmanager
 def serve_folder(folder: str, slow_s: float = 0.0):
     """Yield the base URL of a server for `folder`; stopped on exit."""
-    handler = type("Handler", (_Handler,), {"slow_s": slow_s})
+    handler = type("Handler", (_Handler,), {"slow_s": slow_s, "flaky_seen": set(), "flaky_lock": threading.Lock()})
     server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=folder))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

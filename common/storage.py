@@ -22,6 +22,18 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path.rstrip("/") or path
 
 
+def arrow_filesystem(url: str) -> tuple[str, Any]:
+    """(path, pyarrow filesystem) for Ray's readers and writers (Ray Data, Ray Train): a local path
+    as it is with None (their own local filesystem); a URL through fsspec's filesystem, so its
+    endpoint settings (AWS_ENDPOINT_URL, ...) hold there too."""
+    if "://" not in url:
+        return url, None
+    import pyarrow.fs
+
+    fs, path = filesystem(url)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 

@@ -43,6 +43,7 @@ LEDGER_SCHEMA = pa.schema([
     ("original_height", pa.int32()),
     ("sha256", pa.string()),
     ("duplicate_of", pa.string()),
+    ("retry_of", pa.string()),  # a --retry-failed row: the key of the row whose transient failure it retries
 ])
 
 

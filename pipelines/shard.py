@@ -34,7 +34,8 @@ from formats.manifest import committed_counts, write_manifest
 from formats.shards import committed_names
 from pipelines.sharding.dedup import start_dedup
 from pipelines.sharding.lists import Segment
-from pipelines.sharding.plan import make_plan
+from pipelines.sharding.plan import Plan, make_plan
+from pipelines.sharding.retry import retry_pass
 from pipelines.sharding.sources import DISALLOWED_DIRECTIVES, FetchSpec, SourceSpec
 from pipelines.sharding.worker import WorkerSpec, process_shard
 
@@ -69,6 +70,9 @@ class ShardConfig(ResizeSpec):
     cpus_per_task: float = field(default=1.0, metadata={"help": "CPUs each shard task asks Ray for"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
     plan_only: bool = field(default=False, metadata={"help": "write and summarise the plan, fetch nothing, start no Ray"})
+    retry_failed: bool = field(default=False, metadata={
+        "help": "after the shards are done, fetch the inputs that failed for a transient reason (timeout, network, "
+                "429, 5xx) once more, into new shards with new keys"})
 
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
@@ -125,6 +129,24 @@ def summarize(results: list[dict], num_already_done: int, manifest: dict, second
     return "\n".join(lines)
 
 
+def write_shards(plan: Plan, names: list[str], cfg: ShardConfig, spec: WorkerSpec, dedup) -> list[dict]:
+    """Write shards `names` of the plan in parallel: each task gets its shard's row ranges and reads the
+    rows itself. Not sized from the cluster at start (a 0-CPU head would give one task): Ray Data runs
+    as many as the cluster has room for, and more as it grows."""
+    if not names:
+        return []
+    shards = ray.data.from_items([{"name": n, "segments": [dataclasses.asdict(s) for s in plan.segments(n)]}
+                                  for n in names], override_num_blocks=len(names))
+    written = shards.map(lambda row: process_shard(row["name"], [Segment(**s) for s in row["segments"]], spec, dedup),
+                         num_cpus=cfg.cpus_per_task, concurrency=cfg.max_tasks or None)
+    results = []
+    with tqdm(total=sum(plan.shard_size(n) for n in names), desc="inputs", unit="img") as bar:
+        for stats in written.iter_rows():
+            results.append(stats)
+            bar.update(stats["num_inputs"])
+    return results
+
+
 def run(cfg: ShardConfig) -> dict:
     """Plan, write every pending shard in parallel, then the manifest; returns the manifest.
 
@@ -145,20 +167,18 @@ def run(cfg: ShardConfig) -> dict:
     pending = [n for n in plan.names() if n not in committed]
     log.info("%d shards complete, %d to write", len(done), len(pending))
     dedup = start_dedup(cfg.output, done, cfg.dedup_actors) if cfg.dedup else None
-    started, results = time.time(), []
-    if pending:
-        # each task gets its shard's row ranges and reads the rows itself
-        shards = ray.data.from_items([{"name": n, "segments": [dataclasses.asdict(s) for s in plan.segments(n)]}
-                                      for n in pending], override_num_blocks=len(pending))
-        # not sized from the cluster at start (a 0-CPU head would give one task): Ray Data runs as many
-        # as the cluster has room for, and more as it grows
-        written = shards.map(
-            lambda row: process_shard(row["name"], [Segment(**s) for s in row["segments"]], spec, dedup),
-            num_cpus=cfg.cpus_per_task, concurrency=cfg.max_tasks or None)
-        with tqdm(total=sum(plan.shard_size(n) for n in pending), desc="inputs", unit="img") as bar:
-            for stats in written.iter_rows():
-                results.append(stats)
-                bar.update(stats["num_inputs"])
+    started = time.time()
+    results = write_shards(plan, pending, cfg, spec, dedup)
+    if cfg.retry_failed:
+        if any(r["status"] == "failed" for r in results):
+            print("retry pass: not started, some shards failed (rerun to finish them first)")
+        else:
+            before = plan.num_shards
+            plan = retry_pass(cfg.output, plan)
+            retried = plan.names()[before:]
+            print(f"retry pass: {sum(plan.shard_size(n) for n in retried)} inputs with transient failures "
+                  f"into {len(retried)} new shards" if retried else "retry pass: no transient failure to retry")
+            results += write_shards(plan, retried, cfg, spec, dedup)
     counts = committed_counts(cfg.output, done)  # shards done before: the last manifest holds their counts
     counts.update({r["shard"]: r["num_samples"] for r in results if r["status"] in ("written", "skipped")})
     manifest = write_manifest(cfg.output, plan.num_shards, counts)

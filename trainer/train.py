@@ -20,24 +20,15 @@ from dataclasses import replace
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pyarrow.fs
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
-from common.storage import filesystem, join, read_json
+from common.storage import arrow_filesystem, filesystem, join, read_json
 from formats.sidecar import read_embed_manifest
 from trainer.config import TrainConfig
 from trainer.loop import LAYOUT, LoopInputs, layout_mismatch, train_loop
-
-
-def storage(url: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
-    """Ray Train's storage path and filesystem; fsspec's S3 (and its endpoint settings) for s3:// URLs."""
-    if "://" not in url:
-        return url, None
-    fs, path = filesystem(url)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
 def _absolute(url: str) -> str:
@@ -83,7 +74,7 @@ def run(cfg: TrainConfig) -> ray.train.Result:
         logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)
     cfg = resolve(cfg, embedded)
     init_ray()
-    path, filesystem_ = storage(cfg.run.storage_path)
+    path, filesystem_ = arrow_filesystem(cfg.run.storage_path)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"inputs": LoopInputs(cfg, embedded["image_size"], {

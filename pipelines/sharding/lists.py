@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 from common.storage import filesystem
 
 LIST_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
-# Inputs of a folder of images, listed by the plan itself: parquet with `location`, `caption_location`.
-PATHS = "paths"
+# Lists the plan writes itself, parquet: a folder of images (`location`, `caption_location`), and a
+# retry pass's rows (`location`, `caption`, `retry_of`). GAP stands for rows that are no input: a
+# retry pass starts on a shard of its own.
+PATHS, RETRY, GAP = "paths", "retry", "gap"
 LINE_INDEX_EVERY = 4096
 _CHUNK = 1 << 24
 
@@ -91,11 +93,13 @@ def read_rows(seg: Segment, url_col: str, caption_col: str) -> list[dict]:
     fs, local = filesystem(seg.path)
     count = seg.stop - seg.start
     with fs.open(local, "rb") as fh:
-        if seg.format in ("parquet", PATHS):
+        if seg.format in ("parquet", PATHS, RETRY):
             table = _parquet_rows(pq.ParquetFile(fh), seg.start, seg.stop)
             if seg.format == PATHS:
                 return [{"location": r["location"], "caption": None, "caption_location": r["caption_location"]}
                         for r in table.to_pylist()]
+            if seg.format == RETRY:
+                return [{**r, "caption_location": None} for r in table.to_pylist()]
             return _table_rows(table, url_col, caption_col, seg.path)
         header = fh.readline() if seg.format in ("csv", "tsv") else b""
         fh.seek(seg.offset)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from common.config import ConfigError
 from common.storage import filesystem, join, read_json, write_bytes_atomic, write_json_atomic
-from pipelines.sharding.lists import PATHS, ListFile, Segment, scan, segment
+from pipelines.sharding.lists import GAP, PATHS, ListFile, Segment, scan, segment
 from pipelines.sharding.sources import SourceSpec, folder_rows, url_lists
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,14 @@ class Plan:
     # with others would mix two kinds of shard in one dataset, so it is refused
     settings: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
+    retried_upto: int = 0  # shards before this one have had their transient failures retried
     files: tuple[ListFile, ...] = ()
 
     def names(self) -> list[str]:
         return [f"{i:0{self.shard_digits}d}" for i in range(self.num_shards)]
 
     def shard_size(self, name: str) -> int:
-        return min(self.samples_per_shard, self.num_inputs - int(name) * self.samples_per_shard)
+        return sum(seg.stop - seg.start for seg in self.segments(name))
 
     @functools.cached_property
     def _first_rows(self) -> list[int]:
@@ -62,13 +63,13 @@ class Plan:
         """The row ranges of the list files that shard `name` holds, in order."""
         first = self._first_rows
         start = int(name) * self.samples_per_shard
-        stop = start + self.shard_size(name)
+        stop = min(start + self.samples_per_shard, first[-1])
         out = []
         for i in range(bisect.bisect_right(first, start) - 1, len(self.files)):
             if first[i] >= stop:
                 break
             lo, hi = max(start, first[i]) - first[i], min(stop, first[i + 1]) - first[i]
-            if hi > lo:
+            if hi > lo and self.files[i].format != GAP:
                 out.append(segment(self.files[i], lo, hi))
         return out
 
@@ -146,9 +147,30 @@ def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings:
         raise ConfigError(f"{num_inputs} inputs make {num_shards} shards, more than {10 ** shard_digits}: "
                           "raise samples_per_shard")
     plan = Plan(source.input, samples_per_shard, num_inputs, num_shards, shard_digits,
-                len(str(samples_per_shard - 1)), dict(settings or {}), PLAN_VERSION, files)
-    write_bytes_atomic(fs, join(root, "_plan", "files.parquet"), files_table(files))
-    write_json_atomic(fs, join(root, "_plan", "plan.json"),
-                      {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "files"})
+                len(str(samples_per_shard - 1)), dict(settings or {}), files=files)
+    _save(output, plan)
     log.info("planned %d inputs from %d list files in %d shards", num_inputs, len(files), num_shards)
     return plan
+
+
+def _save(output: str, plan: Plan) -> None:
+    """The list table first, plan.json last: a plan.json always describes files the table holds."""
+    fs, root = filesystem(output)
+    write_bytes_atomic(fs, join(root, "_plan", "files.parquet"), files_table(plan.files))
+    write_json_atomic(fs, join(root, "_plan", "plan.json"),
+                      {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "files"})
+
+
+def extend_plan(output: str, plan: Plan, retry_files: list[ListFile]) -> Plan:
+    """The plan with a retry pass's lists appended, starting on a new shard (a gap pads the last one),
+    and every shard so far marked retried; saved before any of the new shards is written."""
+    added = sum(f.num_rows for f in retry_files)
+    pad = plan.num_shards * plan.samples_per_shard - sum(f.num_rows for f in plan.files) if added else 0
+    num_shards = plan.num_shards + -(-added // plan.samples_per_shard)
+    if num_shards > 10 ** plan.shard_digits:
+        raise ConfigError(f"a retry pass would make {num_shards} shards, more than {10 ** plan.shard_digits}")
+    files = plan.files + ((ListFile("", GAP, pad),) if pad else ()) + tuple(retry_files)
+    extended = dataclasses.replace(plan, num_inputs=plan.num_inputs + added, num_shards=num_shards,
+                                   retried_upto=plan.num_shards, files=files)
+    _save(output, extended)
+    return extended

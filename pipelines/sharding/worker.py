@@ -41,7 +41,7 @@ class WorkerSpec:
 
 def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaphore) -> tuple[dict, object]:
     """One input to (ledger row, EncodedImage or None); never raises for a bad input."""
-    record = {"location": row["location"], "caption": row["caption"]}
+    record = {"location": row["location"], "caption": row["caption"], "retry_of": row.get("retry_of")}
     try:
         data = fetch(row["location"], spec.fetching)
         if row.get("caption_location"):

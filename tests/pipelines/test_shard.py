@@ -164,6 +164,32 @@ def test_many_url_lists_in_a_folder(ray_local, corpus, tmp_path):
     assert read_manifest(str(out))["num_samples"] == 9
 
 
+def test_a_retry_pass_fetches_transient_failures_once_into_new_shards(ray_local, corpus, tmp_path):
+    images = sorted(p.name for p in corpus.iterdir() if p.name.endswith(".jpg") and p.name[0] == "0")[:5]
+    with serve_folder(str(corpus)) as base:
+        # a 404 is not transient; the flaky ones answer 503 once, then the image
+        urls = [f"{base}/{images[0]}", f"{base}/flaky/{images[1]}", f"{base}/missing.jpg",
+                f"{base}/flaky/{images[2]}", f"{base}/{images[3]}"]
+        (tmp_path / "urls.txt").write_text("\n".join(urls))
+        out = tmp_path / "shards"
+        args = ["--input", str(tmp_path / "urls.txt"), "--output", str(out), "--samples-per-shard", "2",
+                "--retries", "0", "--image-size", "32"]
+        assert shard_main(args) == 0
+        first = ledger(str(out))
+        assert [r["status"] for r in first] == ["success", "http_503", "http_404", "http_503", "success"]
+        assert shard_main(args + ["--retry-failed"]) == 0
+        assert shard_main(args + ["--retry-failed"]) == 0  # nothing transient is left: no new shard
+    rows = ledger(str(out))
+    assert rows[:5] == first  # the first shards are as they were
+    retried = sorted(rows[5:], key=lambda r: r["retry_of"])  # a pass's rows come in the order Ray Data read them
+    assert [(r["location"], r["status"], r["retry_of"]) for r in retried] == [
+        (urls[1], "success", first[1]["key"]), (urls[3], "success", first[3]["key"])]
+    assert len({r["key"] for r in rows}) == 7  # new keys, in a new shard of its own
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+    manifest = read_manifest(str(out))
+    assert manifest["complete"] and manifest["num_shards"] == 4 and manifest["num_samples"] == 4
+
+
 def test_dedup_keeps_one_copy_across_shards(ray_local, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
