@@ -5,7 +5,8 @@
 Same model, same per-step global batch, same CPU, in one run: (1) a bare loop over batches held in
 memory (one process, all cores); (2) the trainer (Ray Train + DeepSpeed, 2 workers x 1 CPU, gloo)
 over in-memory batches; (3) the trainer streaming local shards; (4) the trainer streaming the same
-shards from a loopback S3 endpoint (moto). Rates are images/s (2 views per image) over the steps
+shards from a loopback S3 endpoint (moto); (5) the trainer on local shards with the teacher run in
+the step (teacher.mode=online) and superpixel-only sidecars. Rates are images/s (2 views per image) over the steps
 after the first log window; data wait is the fraction of step time spent waiting for a batch.
 """
 
@@ -29,14 +30,15 @@ def prepare(root: Path, num_images: int) -> None:
     from formats.prototypes import has_prototypes
     from pipelines import embed, shard
 
-    if has_prototypes(str(root / "clip")):
+    if has_prototypes(str(root / "clip-bare")):
         return
     write_corpus(str(root / "corpus"), num_train=num_images, num_val=0, size=128)
     shard.run(shard.ShardConfig(input=str(root / "corpus" / "train"), output=str(root / "shards"),
                                 samples_per_shard=num_images // 8, image_size=128))
     (root / "classes.txt").write_text("\n".join(CLASSES[1:]) + "\n")
-    embed.run(embed.EmbedConfig(input=str(root / "shards"), output=str(root / "clip"), clip_model="tiny-rn",
-                                classes=str(root / "classes.txt"), num_unknown=4))
+    for output, storage in (("clip", "float16"), ("clip-bare", "none")):  # the second for the online teacher
+        embed.run(embed.EmbedConfig(input=str(root / "shards"), output=str(root / output), clip_model="tiny-rn",
+                                    classes=str(root / "classes.txt"), num_unknown=4, storage=storage))
 
 
 def train_config(root: Path, name: str, args, **over):
@@ -138,6 +140,8 @@ def main() -> None:
     results["trainer, local shards"] = trainer_rate(root, "local")
     train.run(train_config(root, "s3", args, **{"data.shards": "s3://bench/shards", "data.clip": "s3://bench/clip"}))
     results["trainer, S3 (loopback)"] = trainer_rate(root, "s3")
+    train.run(train_config(root, "online", args, **{"data.clip": str(root / "clip-bare"), "teacher.mode": "online"}))
+    results["trainer, local shards, online teacher (superpixel-only sidecars)"] = trainer_rate(root, "online")
     ray.shutdown()
     server.stop()
 

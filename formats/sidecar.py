@@ -130,9 +130,12 @@ def num_parts(num_samples: int, chunk_size: int) -> int:
 
 
 def commit_shard(output: str, shard: str, num_parts: int) -> dict | None:
-    """Write `SHARD_stats.json` (listing the parts) when every part is committed; None otherwise."""
+    """Write `SHARD_stats.json` (listing the parts) when every part is committed; None otherwise.
+
+    Every model actor calls this after its part: parts finish roughly in order, so the last ones are
+    checked first and an early caller stops at its first request."""
     parts = [part_name(shard, p) for p in range(num_parts)]
-    if not all(is_committed(output, p) for p in parts):
+    if not all(is_committed(output, p) for p in reversed(parts)):
         return None
     part_stats = [read_stats(output, p) for p in parts]
     failures = sum((Counter(s["failures"]) for s in part_stats), Counter())

@@ -14,6 +14,7 @@ were made; a rerun skips finished parts and refuses an output made with differen
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -157,7 +158,10 @@ def run(cfg: EmbedConfig) -> dict:
                 results.append(part)
                 bar.update(part["num_samples"] + part["num_failed"])
     # the stats of this run's shards come from their commit; only those done before are read
-    committed = {n: commit_shard(cfg.output, n, num_parts(shards[n], cfg.chunk_size)) for n in pending}
+    committed = {r["shard"]: json.loads(r["shard_stats"]) for r in results if r["shard_stats"]}
+    for name in pending:  # parts all written by an earlier run that stopped before committing the shard
+        if name not in committed:
+            committed[name] = commit_shard(cfg.output, name, num_parts(shards[name], cfg.chunk_size))
     all_stats = [committed[n] if n in committed else read_stats(cfg.output, n) for n in shards
                  if committed.get(n) or n in done_before]
     all_parts = [p for s in all_stats for p in shard_parts(s)]

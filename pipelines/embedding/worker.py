@@ -2,11 +2,13 @@
 model actors run the CLIP teacher on a chunk and publish it as one sidecar part.
 
 Each part is a shard of its own (formats.sidecar names it, formats.shards commits it), so a rerun
-redoes only unfinished parts; the driver commits the image shard once every part is there.
+redoes only unfinished parts; the actor that writes an image shard's last missing part commits the
+shard.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -18,7 +20,7 @@ import torch
 
 from formats.images import ResizeSpec, configure_decoders
 from formats.shards import ShardWriter, is_committed, read_samples, tar_name
-from formats.sidecar import encode_sample, num_parts, part_name, sample_canvas
+from formats.sidecar import commit_shard, encode_sample, num_parts, part_name, sample_canvas
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import TeacherConfig, auto_precision, dense_and_global
 from model.superpixels import SuperpixelConfig, superpixels
@@ -40,7 +42,8 @@ def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
     shard = row["shard"]
     samples = read_samples(spec.input, shard)
     chunks = []
-    for part in range(num_parts(len(samples), spec.chunk_size)):
+    total = num_parts(len(samples), spec.chunk_size)
+    for part in range(total):
         if is_committed(spec.output, part_name(shard, part)):
             continue
         keys, canvases, regions, failures = [], [], [], []
@@ -55,7 +58,7 @@ def prepare_chunks(row: dict, spec: EmbedSpec) -> list[dict]:
             canvases.append(canvas)
         s = spec.image_size
         chunks.append({
-            "shard": shard, "part": part, "keys": keys,
+            "shard": shard, "part": part, "num_parts": total, "keys": keys,
             "canvas": np.stack(canvases) if canvases else np.zeros((0, s, s, 3), np.uint8),
             "superpixels": np.stack(regions) if regions else np.zeros((0, s, s), np.uint16),
             "failures": failures,
@@ -117,7 +120,10 @@ class ClipEmbedder:
         except BaseException:
             writer.abort()
             raise
+        # the image shard is committed where its last part is written, not by the driver one by one
+        shard_stats = commit_shard(self.spec.output, chunk["shard"], chunk["num_parts"])
         return {"shard": chunk["shard"], "num_samples": len(keys), "actor": self.where,
+                "shard_stats": json.dumps(shard_stats) if shard_stats else "",
                 "num_failed": len(chunk["failures"]), "seconds": time.time() - started}
 
 
