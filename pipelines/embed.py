@@ -109,6 +109,15 @@ class EmbedConfig:
         return 1.0 if os.environ.get("RAY_ADDRESS") or ray.cluster_resources().get("GPU", 0) else 0.0
 
 
+def superpixel_settings(cfg: SuperpixelConfig) -> dict:
+    """The superpixel settings the manifest records; a resolution of 0 is left out, so outputs made
+    before that setting existed still resume."""
+    settings = asdict(cfg)
+    if not settings["resolution"]:
+        del settings["resolution"]
+    return settings
+
+
 def storage_report(output: str, parts: list[str], num_samples: int) -> str:
     fs, root = filesystem(output)
     size = sum(fs.size(join(root, tar_name(p))) for p in parts)
@@ -124,7 +133,7 @@ def run(cfg: EmbedConfig) -> dict:
         "format_version": FORMAT_VERSION, "clip_model": cfg.clip_model, "pretrained": teacher.pretrained_source,
         "random_init": teacher.random_init, "last_block": cfg.last_block, "image_size": image_size,
         "grid": image_size // teacher.patch_size, "embed_dim": teacher.embed_dim, "storage": cfg.storage,
-        "chunk_size": cfg.chunk_size, "superpixels": asdict(cfg.superpixels), "input": cfg.input,
+        "chunk_size": cfg.chunk_size, "superpixels": superpixel_settings(cfg.superpixels), "input": cfg.input,
     }
     names = read_class_names(cfg.classes) if cfg.classes else []
     manifest["classes"] = names  # prototypes are built once: other names need another output
