@@ -1,0 +1,80 @@
+"""Precomputed against online teacher on the demo corpus: the quick profile, the same teacher (cached by
+its recipe), the same seeds, both modes; quality from each run's report and training images/s from
+its metrics.
+
+    python -m bench.bench_teacher_modes --seeds 0 1 --runs-root bench/out/teacher_modes
+    python -m bench.bench_teacher_modes --seeds 0 1 --runs-root bench/out/teacher_modes --tabulate-only
+
+Each run is `pipelines/main.py --quick --name MODE-sSEED --train-overrides loss.semantic_weight=4,
+run.seed=SEED`, with `--clip-storage none` for the online mode. Runs already reported are not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = {"precomputed": [], "online": ["--clip-storage", "none"]}
+COLUMNS = {"language mIoU": 0, "unsupervised mIoU": 2, "mIoU unseen": 5, "hIoU": 6, "probe mIoU": 7}  # report.md cells
+
+
+def run(root: Path, mode: str, seed: int) -> None:
+    name = f"{mode}-s{seed}"
+    if (root / name / "report.md").exists():
+        return
+    with open(root / f"{name}.log", "w") as log:
+        subprocess.run([sys.executable, "pipelines/main.py", "--quick", "--name", name, "--runs-root", str(root),
+                        "--train-overrides", f"loss.semantic_weight=4,run.seed={seed}", *MODES[mode]],
+                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+
+def student_row(report: Path) -> list[float]:
+    row = next(line for line in report.read_text().splitlines() if line.startswith("| student |"))
+    return [float(c) for c in row.strip("|").split("|")[1:]]
+
+
+def training_rate(metrics: Path) -> tuple[float, float]:
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()][1:]  # the first window holds start-up
+    return (statistics.mean(m["images_per_s"] for m in logged), statistics.mean(m["data_wait_fraction"] for m in logged))
+
+
+def cell(values: list[float], fmt: str = ".1f") -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / "teacher_modes"))
+    parser.add_argument("--tabulate-only", action="store_true")
+    args = parser.parse_args(argv)
+    root = Path(args.runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not args.tabulate_only:
+        for seed in args.seeds:
+            for mode in MODES:
+                run(root, mode, seed)
+    print("| teacher | " + " | ".join(COLUMNS) + " | train images/s | data wait | sidecar KB/image |")
+    print("|---" * (len(COLUMNS) + 4) + "|")
+    for mode in MODES:
+        names = [f"{mode}-s{seed}" for seed in args.seeds]
+        rows = [student_row(root / n / "report.md") for n in names]
+        rates = [training_rate(root / n / "logs" / n / "metrics.jsonl") for n in names]
+        sidecar = [line for n in names for line in (root / f"{n}.log").read_text().splitlines()
+                   if line.startswith("sidecar storage:")]
+        kb = float(sidecar[0].split()[2]) if sidecar else float("nan")
+        print(f"| {mode} | " + " | ".join(cell([r[i] for r in rows]) for i in COLUMNS.values())
+              + f" | {cell([r[0] for r in rates], '.0f')} | {cell([100 * r[1] for r in rates], '.1f')}% | {kb:.1f} |")
+    print(f"\nstudent, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}): mean ± sd")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
