@@ -3,9 +3,8 @@ calls it makes, on local disk and on the loopback S3 (moto):
 
     python -m bench.bench_resume --num-shards 100000
 
-The output is laid out as a run that wrote every shard leaves it (`_plan/plan.json` and
-`_plan/files.parquet`, and per shard `NAME.tar`, `NAME.parquet`, `NAME_stats.json` with empty
-bodies: only names are read), plus the manifest. Then `pipelines/shard.py`'s `run()` is timed on
+The output is laid out as a run that wrote every shard leaves it (the plan, and per shard a tar,
+a ledger and a stats marker, the first two empty: only names are read), plus the manifest. Then `pipelines/shard.py`'s `run()` is timed on
 it, Ray already started: the plan read, one listing, the counts from the manifest, the new
 manifest, with nothing left to write. The S3 objects are put into moto's
 in-memory backend directly (the put is setup, not measured); the job's own requests go through
@@ -20,33 +19,30 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import asdict
 
 import requests
 
 from common.ray_utils import init_ray
+from formats.manifest import write_manifest
+from formats.shards import STATS_SUFFIX, ledger_name, tar_name
 from pipelines import shard
 from pipelines.sharding.lists import ListFile
-from pipelines.sharding.plan import Plan, files_table
+from pipelines.sharding.plan import Plan, save_plan
 
 SAMPLES = 10_000  # per shard: 100k shards = 1B images
 
 
-def layout(num_shards: int, settings: dict) -> dict[str, bytes]:
-    """Relative path -> body of a finished output."""
+def write_layout(root: str, num_shards: int, settings: dict) -> None:
+    """A finished output under local folder `root`, by the job's own writers where names matter."""
     listed = (ListFile("bench://input/urls.parquet", "parquet", num_shards * SAMPLES),)
     plan = Plan("bench://input", SAMPLES, num_shards * SAMPLES, num_shards, 5, 4, settings, files=listed)
-    files = {"_plan/plan.json": json.dumps({k: v for k, v in asdict(plan).items() if k != "files"}).encode(),
-             "_plan/files.parquet": files_table(listed)}
-    names = plan.names()
-    for name in names:
-        files[f"{name}.tar"] = b""
-        files[f"{name}.parquet"] = b""
-        files[f"{name}_stats.json"] = json.dumps({"shard": name, "num_samples": SAMPLES}).encode()
-    files["manifest.json"] = json.dumps({"shards": [{"name": f"{n}.tar", "num_samples": SAMPLES} for n in names],
-                                         "num_shards": num_shards, "num_samples": num_shards * SAMPLES,
-                                         "complete": True}).encode()
-    return files
+    save_plan(root, plan)
+    for name in plan.names():
+        for empty in (tar_name(name), ledger_name(name)):
+            open(os.path.join(root, empty), "wb").close()
+        with open(os.path.join(root, name + STATS_SUFFIX), "w") as fh:
+            json.dump({"shard": name, "num_samples": SAMPLES}, fh)
+    write_manifest(root, num_shards, {name: SAMPLES for name in plan.names()})
 
 
 def timed_run(output: str) -> tuple[float, dict]:
@@ -61,17 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-shards", type=int, default=100_000)
     args = parser.parse_args(argv)
     settings = shard.ShardConfig(input="-", output="-").output_settings()
-    files = layout(args.num_shards, settings)
     init_ray(1)  # Ray's own start (~3 s here) is not part of recognising what is done
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for path, body in files.items():
-            os.makedirs(os.path.dirname(os.path.join(tmp, path)), exist_ok=True)
-            with open(os.path.join(tmp, path), "wb") as fh:
-                fh.write(body)
+        write_layout(tmp, args.num_shards, settings)
         seconds, manifest = timed_run(tmp)
         assert manifest["complete"] and manifest["num_shards"] == args.num_shards
         rows.append(("local disk", seconds, "-"))
+        files = {os.path.relpath(os.path.join(d, f), tmp): open(os.path.join(d, f), "rb").read()
+                 for d, _, names in os.walk(tmp) for f in names}
 
     from moto.backends import get_backend
     from moto.server import ThreadedMotoServer

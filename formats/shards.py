@@ -8,12 +8,14 @@ written first, each atomically, so a crash leaves either nothing or files that a
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -79,13 +81,29 @@ def read_stats(output: str, name: str) -> dict:
     return read_json(fs, stats_path(root, name))
 
 
-def committed_names(output: str) -> list[str]:
-    """Names of the committed shards under `output`, from one listing, sorted."""
+# An object store lists 1,000 names a request: 100k shards (300k objects) are 300 requests in turn.
+# Listed by the names' first two digits (every shard name here and in img2dataset's layout starts
+# with them), the pages come LISTING_THREADS at a time; worth its 100 requests from about 1,000 shards.
+NAME_PREFIXES = tuple(f"{i:02d}" for i in range(100))
+LISTING_THREADS = 16
+PARALLEL_LISTING_FROM = 1_000
+
+
+def committed_names(output: str, expected: int = 0) -> list[str]:
+    """Names of the committed shards under `output`, from one listing, sorted. With `expected` (about
+    how many shards there are) of PARALLEL_LISTING_FROM or more, an object store that filters by
+    prefix is listed by name prefix in parallel."""
     fs, root = filesystem(output)
     # s3fs caches listings and answers `exists` from them: read fresh, and leave nothing cached that
     # would hide shards committed later
     fs.invalidate_cache(root)
-    paths = fs.ls(root, detail=False)
+    if expected < PARALLEL_LISTING_FROM or isinstance(fs, LocalFileSystem) \
+            or "prefix" not in inspect.signature(fs.find).parameters:
+        paths = fs.ls(root, detail=False)
+    else:
+        with ThreadPoolExecutor(LISTING_THREADS) as pool:
+            paths = [p for part in pool.map(lambda prefix: fs.find(root, maxdepth=1, prefix=prefix), NAME_PREFIXES)
+                     for p in part]
     fs.invalidate_cache(root)
     return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
 

@@ -12,8 +12,9 @@ The "none" form keeps KEY.sp.png only: the trainer then runs the teacher itself 
 Both the embed job and the trainer go through `encode_sample` / `decode_sample`, so the format lives in one place.
 
 Samples of image shard NAME are written in parts `NAME-PPP` (each a committed shard of
-formats.shards); `NAME_stats.json` lists them once every part is there. `embed_manifest.json`
-records how the features were made, so a rerun with other settings is refused.
+formats.shards); `NAME_stats.json` lists them once every part is there, and `sidecar_index.json`
+gathers every committed shard's stats at the end of a run (the trainer's start reads that one file).
+`embed_manifest.json` records how the features were made, so a rerun with other settings is refused.
 """
 
 from __future__ import annotations
@@ -144,6 +145,27 @@ def commit_shard(output: str, shard: str, num_parts: int) -> dict | None:
     fs, root = filesystem(output)
     write_json_atomic(fs, stats_path(root, shard), stats)
     return stats
+
+
+SIDECAR_INDEX = "sidecar_index.json"  # every committed image shard's stats, rewritten at the end of each run
+
+
+def write_sidecar_index(output: str, stats: dict[str, dict]) -> None:
+    """Image shard name -> its commit stats (parts, samples with features, failures), for all committed;
+    not rewritten when it already says that."""
+    fs, root = filesystem(output)
+    path, index = join(root, SIDECAR_INDEX), {n: stats[n] for n in sorted(stats)}
+    if not fs.exists(path) or read_json(fs, path) != index:
+        write_json_atomic(fs, path, index)
+
+
+def committed_shard_stats(output: str, names: list[str]) -> dict[str, dict]:
+    """The commit stats of committed image shards `names`: from the index where it lists them (one read
+    for any number), from each shard's stats file otherwise (shards committed after the last index)."""
+    fs, root = filesystem(output)
+    path = join(root, SIDECAR_INDEX)
+    index = read_json(fs, path) if fs.exists(path) else {}
+    return {n: index[n] if n in index else read_stats(output, n) for n in names}
 
 
 def shard_parts(stats: dict) -> list[str]:

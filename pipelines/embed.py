@@ -35,8 +35,16 @@ from common.ray_utils import init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
 from formats.prototypes import has_prototypes, read_class_names, save_prototypes
-from formats.shards import committed_names, read_stats, tar_name
-from formats.sidecar import STORAGE_FORMATS, check_embed_manifest, commit_shard, num_parts, shard_parts
+from formats.shards import committed_names, tar_name
+from formats.sidecar import (
+    STORAGE_FORMATS,
+    check_embed_manifest,
+    commit_shard,
+    committed_shard_stats,
+    num_parts,
+    shard_parts,
+    write_sidecar_index,
+)
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, PRECISIONS, TeacherConfig, auto_precision
 from model.superpixels import SuperpixelConfig
@@ -139,7 +147,7 @@ def run(cfg: EmbedConfig) -> dict:
     manifest["classes"] = names  # prototypes are built once: other names need another output
     check_embed_manifest(cfg.output, manifest)
     shards = shard_counts(read_manifest(cfg.input))
-    done_before = set(committed_names(cfg.output))  # one listing, not a request per shard
+    done_before = set(committed_names(cfg.output, expected=len(shards)))  # one listing, not a request per shard
     pending = [name for name in shards if name not in done_before]
     spec = EmbedSpec(cfg.input, cfg.output, image_size, cfg.chunk_size, cfg.superpixels, cfg.storage)
     log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
@@ -166,13 +174,15 @@ def run(cfg: EmbedConfig) -> dict:
             for part in parts.iter_rows():
                 results.append(part)
                 bar.update(part["num_samples"] + part["num_failed"])
-    # the stats of this run's shards come from their commit; only those done before are read
+    # the stats of this run's shards come from their commit; those done before from the last index
     committed = {r["shard"]: json.loads(r["shard_stats"]) for r in results if r["shard_stats"]}
     for name in pending:  # parts all written by an earlier run that stopped before committing the shard
         if name not in committed:
             committed[name] = commit_shard(cfg.output, name, num_parts(shards[name], cfg.chunk_size))
-    all_stats = [committed[n] if n in committed else read_stats(cfg.output, n) for n in shards
-                 if committed.get(n) or n in done_before]
+    before = committed_shard_stats(cfg.output, [n for n in shards if n in done_before])  # one index read
+    by_shard = {**before, **{n: s for n, s in committed.items() if s}}
+    write_sidecar_index(cfg.output, by_shard)
+    all_stats = [by_shard[n] for n in shards if n in by_shard]
     all_parts = [p for s in all_stats for p in shard_parts(s)]
     complete = len(all_stats) == len(shards)
     if complete and not has_prototypes(cfg.output):

@@ -162,7 +162,7 @@ def run(cfg: ShardConfig) -> dict:
         return {"plan_only": True, "num_inputs": plan.num_inputs, "num_shards": plan.num_shards}
     init_ray(cfg.num_cpus or None)
     spec = cfg.worker_spec(plan.key_digits)
-    committed = set(committed_names(cfg.output))  # one listing, not a request per shard
+    committed = set(committed_names(cfg.output, expected=plan.num_shards))  # one listing, not a request per shard
     done = [n for n in plan.names() if n in committed]
     pending = [n for n in plan.names() if n not in committed]
     log.info("%d shards complete, %d to write", len(done), len(pending))

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from formats.manifest import read_manifest, shard_counts
-from formats.shards import committed_names, iter_samples, read_stats
-from formats.sidecar import decode_sample, sample_canvas, shard_parts
+from formats.shards import committed_names, iter_samples
+from formats.sidecar import committed_shard_stats, decode_sample, sample_canvas, shard_parts
 from model.views import ViewConfig, collate_views
 from trainer.collectives import broadcast_object, distributed
 
@@ -42,14 +42,16 @@ class ShardPair:
 def list_shards(shards_url: str, clip_url: str) -> list[ShardPair]:
     """Shards that are complete in both the image dataset and the embed output, in name order.
 
-    Object-store calls: the manifest, one listing of the embed output, one stats read per shard."""
+    Object-store calls: the manifest, one listing of the embed output, the sidecar index (and a stats
+    read for any shard committed after it): a handful, whatever the number of shards."""
     pairs = []
-    committed = set(committed_names(clip_url))
-    for name in shard_counts(read_manifest(shards_url)):
+    counts = shard_counts(read_manifest(shards_url))
+    committed = set(committed_names(clip_url, expected=len(counts)))
+    for name in counts:
         if name not in committed:
             log.warning("shard %s has no finished sidecar yet; left out", name)
-            continue
-        stats = read_stats(clip_url, name)
+    sidecars = committed_shard_stats(clip_url, [n for n in counts if n in committed])
+    for name, stats in sidecars.items():
         if stats["num_samples"]:
             pairs.append(ShardPair(name, tuple(shard_parts(stats)), stats["num_samples"]))
     if not pairs:

@@ -30,6 +30,7 @@ from pipelines.sharding.sources import SourceSpec, folder_rows, url_lists
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 2  # 1: one parquet of rows per shard
+PLAN_DIR, PLAN_JSON, FILES_TABLE = "_plan", "plan.json", "files.parquet"
 FOLDER_LIST_ROWS = 1_000_000  # images per parquet list written for a folder input
 SCAN_THREADS = 16  # list files scanned at once (footer reads and line counts are I/O bound)
 
@@ -90,20 +91,20 @@ def read_files_table(data: bytes) -> tuple[ListFile, ...]:
 
 def load_plan(output: str) -> Plan | None:
     fs, root = filesystem(output)
-    marker = join(root, "_plan", "plan.json")
+    marker = join(root, PLAN_DIR, PLAN_JSON)
     if not fs.exists(marker):
         return None
     saved = read_json(fs, marker)
     if saved.get("version", 1) != PLAN_VERSION:
         raise ConfigError(f"{output} was planned by an older version of the shard job; use another output folder")
-    return Plan(**{**saved, "files": read_files_table(fs.cat_file(join(root, "_plan", "files.parquet")))})
+    return Plan(**{**saved, "files": read_files_table(fs.cat_file(join(root, PLAN_DIR, FILES_TABLE)))})
 
 
 def _folder_lists(spec: SourceSpec, root: str, fs) -> list[ListFile]:
     """A folder input's images as parquet lists under `_plan/inputs/` (FOLDER_LIST_ROWS each)."""
     files, rows = [], folder_rows(spec)
     while chunk := list(itertools.islice(rows, FOLDER_LIST_ROWS)):
-        path = join(root, "_plan", "inputs", f"{len(files):05d}.parquet")
+        path = join(root, PLAN_DIR, "inputs", f"{len(files):05d}.parquet")
         buffer = io.BytesIO()
         pq.write_table(pa.table({"location": [r["location"] for r in chunk],
                                  "caption_location": pa.array([r["caption_location"] for r in chunk], pa.string())}),
@@ -148,16 +149,16 @@ def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings:
                           "raise samples_per_shard")
     plan = Plan(source.input, samples_per_shard, num_inputs, num_shards, shard_digits,
                 len(str(samples_per_shard - 1)), dict(settings or {}), files=files)
-    _save(output, plan)
+    save_plan(output, plan)
     log.info("planned %d inputs from %d list files in %d shards", num_inputs, len(files), num_shards)
     return plan
 
 
-def _save(output: str, plan: Plan) -> None:
+def save_plan(output: str, plan: Plan) -> None:
     """The list table first, plan.json last: a plan.json always describes files the table holds."""
     fs, root = filesystem(output)
-    write_bytes_atomic(fs, join(root, "_plan", "files.parquet"), files_table(plan.files))
-    write_json_atomic(fs, join(root, "_plan", "plan.json"),
+    write_bytes_atomic(fs, join(root, PLAN_DIR, FILES_TABLE), files_table(plan.files))
+    write_json_atomic(fs, join(root, PLAN_DIR, PLAN_JSON),
                       {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.name != "files"})
 
 
@@ -172,5 +173,5 @@ def extend_plan(output: str, plan: Plan, retry_files: list[ListFile]) -> Plan:
     files = plan.files + ((ListFile("", GAP, pad),) if pad else ()) + tuple(retry_files)
     extended = dataclasses.replace(plan, num_inputs=plan.num_inputs + added, num_shards=num_shards,
                                    retried_upto=plan.num_shards, files=files)
-    _save(output, extended)
+    save_plan(output, extended)
     return extended

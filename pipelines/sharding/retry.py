@@ -18,7 +18,7 @@ import ray
 from common.storage import arrow_filesystem, filesystem, join
 from formats.shards import ledger_name
 from pipelines.sharding.lists import RETRY, ListFile
-from pipelines.sharding.plan import Plan, extend_plan
+from pipelines.sharding.plan import PLAN_DIR, Plan, extend_plan
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ def retry_pass(output: str, plan: Plan) -> Plan:
     if not names:
         return plan
     number = len({f.path.rsplit("/", 2)[-2] for f in plan.files if f.format == RETRY})  # passes so far
-    folder = join(root, "_plan", f"retry-{number:02d}")
+    folder = join(root, PLAN_DIR, f"retry-{number:02d}")
     if fs.exists(folder):  # a pass killed before the plan recorded it: start it again
         fs.rm(folder, recursive=True)
     path, arrow_fs = arrow_filesystem(output)
     ledgers = [join(path, ledger_name(n)) for n in names]
     rows = ray.data.read_parquet(ledgers, filesystem=arrow_fs, columns=["key", "location", "caption", "status"])
     rows = rows.map_batches(_transient_rows, batch_format="pyarrow")
-    out_path, out_fs = arrow_filesystem(join(output, "_plan", f"retry-{number:02d}"))
+    out_path, out_fs = arrow_filesystem(join(output, PLAN_DIR, f"retry-{number:02d}"))
     rows.write_parquet(out_path, filesystem=out_fs)
     fs.invalidate_cache(folder)
     written = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".parquet")) if fs.exists(folder) else []
