@@ -4,7 +4,7 @@
 
 Writes the lists once under bench/out/plan/, then plans each in a fresh process (what
 `pipelines/shard.py --plan-only` does before anything is fetched) and reports the wall time, rows per
-second and that process's peak resident memory (ru_maxrss: Python, pyarrow and the plan together).
+second and that process's peak resident memory (VmHWM: Python, pyarrow and the plan together).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 FILES = 10
 
 PLAN_ONE = """
-import json, resource, shutil, sys, time
+import json, shutil, sys, time
 from pipelines.sharding.plan import make_plan
 from pipelines.sharding.sources import SourceSpec
 src, out = sys.argv[1], sys.argv[2]
@@ -30,8 +30,9 @@ shutil.rmtree(out, ignore_errors=True)
 started = time.perf_counter()
 plan = make_plan(SourceSpec(src), out, 10_000)
 seconds = time.perf_counter() - started
-print(json.dumps({"rows": plan.num_inputs, "shards": plan.num_shards, "seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: the latter carries the parent's peak across fork and exec
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rows": plan.num_inputs, "shards": plan.num_shards, "seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 """
 
 

@@ -25,7 +25,7 @@ LIST_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "
 # retry pass starts on a shard of its own.
 PATHS, RETRY, GAP = "paths", "retry", "gap"
 LINE_INDEX_EVERY = 4096
-_CHUNK = 1 << 24
+_CHUNK = 1 << 22  # 4 MB a read: the scan threads together hold tens of MB whatever the file sizes
 
 
 def list_format(path: str) -> str | None:
