@@ -4,9 +4,10 @@ calls it makes, on local disk and on the loopback S3 (moto):
     python -m bench.bench_resume --num-shards 100000
 
 The output is laid out as a run that wrote every shard leaves it (the plan, and per shard a tar,
-a ledger and a stats marker, the first two empty: only names are read), plus the manifest. Then `pipelines/shard.py`'s `run()` is timed on
-it, Ray already started: the plan read, one listing, the counts from the manifest, the new
-manifest, with nothing left to write. The S3 objects are put into moto's
+a ledger and a stats marker, the first two empty: only names are read), plus the manifest. Then
+`pipelines/shard.py`'s `run()` is timed on it, Ray already started, twice: as the finished run left it
+(the plan read, the manifest, the new manifest, with nothing left to write), and with the manifest
+gone, as a run killed before its first manifest leaves it (every marker found by listing). The S3 objects are put into moto's
 in-memory backend directly (the put is setup, not measured); the job's own requests go through
 HTTP and are counted by moto's recorder.
 """
@@ -23,7 +24,8 @@ import time
 import requests
 
 from common.ray_utils import init_ray
-from formats.manifest import write_manifest
+from common.storage import filesystem, join
+from formats.manifest import MANIFEST, write_manifest
 from formats.shards import STATS_SUFFIX, ledger_name, tar_name
 from pipelines import shard
 from pipelines.sharding.lists import ListFile
@@ -52,6 +54,11 @@ def timed_run(output: str) -> tuple[float, dict]:
     return time.perf_counter() - started, manifest
 
 
+def remove_manifest(output: str) -> None:
+    fs, root = filesystem(output)
+    fs.rm(join(root, MANIFEST))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-shards", type=int, default=100_000)
@@ -61,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_layout(tmp, args.num_shards, settings)
-        seconds, manifest = timed_run(tmp)
-        assert manifest["complete"] and manifest["num_shards"] == args.num_shards
-        rows.append(("local disk", seconds, "-"))
         files = {os.path.relpath(os.path.join(d, f), tmp): open(os.path.join(d, f), "rb").read()
                  for d, _, names in os.walk(tmp) for f in names}
+        for record in ("manifest", "no manifest"):
+            seconds, manifest = timed_run(tmp)
+            assert manifest["complete"] and manifest["num_shards"] == args.num_shards
+            rows.append(("local disk", record, seconds, "-"))
+            remove_manifest(tmp)
 
     from moto.backends import get_backend
     from moto.server import ThreadedMotoServer
@@ -84,19 +93,22 @@ def main(argv: list[str] | None = None) -> int:
         for path, body in files.items():
             backend.put_object("bench", f"out/{path}", body)
         recorder = f"{endpoint}/moto-api/recorder"
-        requests.post(f"{recorder}/reset-recording", timeout=10)
-        requests.post(f"{recorder}/start-recording", timeout=10)
-        seconds, manifest = timed_run("s3://bench/out")
-        requests.post(f"{recorder}/stop-recording", timeout=10)
-        calls = sum("/bench" in line for line in requests.get(f"{recorder}/download-recording", timeout=10).text.splitlines())
-        assert manifest["complete"] and manifest["num_shards"] == args.num_shards
-        rows.append(("loopback S3 (moto)", seconds, str(calls)))
+        for record in ("manifest", "no manifest"):
+            requests.post(f"{recorder}/reset-recording", timeout=10)
+            requests.post(f"{recorder}/start-recording", timeout=10)
+            seconds, manifest = timed_run("s3://bench/out")
+            requests.post(f"{recorder}/stop-recording", timeout=10)
+            recording = requests.get(f"{recorder}/download-recording", timeout=10).text.splitlines()
+            calls = sum("/bench" in line for line in recording)
+            assert manifest["complete"] and manifest["num_shards"] == args.num_shards
+            rows.append(("loopback S3 (moto)", record, seconds, str(calls)))
+            remove_manifest("s3://bench/out")
     finally:
         server.stop()
-    print(f"| {args.num_shards:,} finished shards on | run() to the new manifest (s) | object-store calls |")
-    print("|---|---|---|")
-    for where, seconds, calls in rows:
-        print(f"| {where} | {seconds:.1f} | {calls} |")
+    print(f"| {args.num_shards:,} finished shards on | found from | run() to the new manifest (s) | object-store calls |")
+    print("|---|---|---|---|")
+    for where, record, seconds, calls in rows:
+        print(f"| {where} | {'the manifest' if record == 'manifest' else 'markers, listed'} | {seconds:.1f} | {calls} |")
     return 0
 
 

@@ -27,13 +27,17 @@ def write_manifest(output: str, num_planned_shards: int, counts: dict[str, int])
     return manifest
 
 
-def committed_counts(output: str, names: list[str]) -> dict[str, int]:
-    """Samples of committed shards `names`: from the last manifest where it lists them (one read), from
-    their stats markers otherwise (shards a killed run committed after its last manifest)."""
+def recorded_counts(output: str) -> dict[str, int]:
+    """Shard name -> samples, as the last manifest under `output` records them ({} with none)."""
     fs, root = filesystem(output)
     path = join(root, MANIFEST)
-    known = shard_counts(read_json(fs, path)) if fs.exists(path) else {}
-    return {n: known[n] if n in known else read_stats(output, n)["num_samples"] for n in names}
+    return shard_counts(read_json(fs, path)) if fs.exists(path) else {}
+
+
+def committed_counts(output: str, names: list[str], recorded: dict[str, int]) -> dict[str, int]:
+    """Samples of committed shards `names`: from the last manifest's `recorded` counts where it lists
+    them, from their stats markers otherwise (shards a killed run committed after its last manifest)."""
+    return {n: recorded[n] if n in recorded else read_stats(output, n)["num_samples"] for n in names}
 
 
 def read_manifest(dataset: str) -> dict:

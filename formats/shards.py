@@ -14,7 +14,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -83,29 +83,36 @@ def read_stats(output: str, name: str) -> dict:
 
 # An object store lists 1,000 names a request: 100k shards (300k objects) are 300 requests in turn.
 # Listed by the names' first two digits (every shard name here and in img2dataset's layout starts
-# with them), the pages come LISTING_THREADS at a time; worth its 100 requests from about 1,000 shards.
-NAME_PREFIXES = tuple(f"{i:02d}" for i in range(100))
+# with them), the pages come LISTING_THREADS at a time, and only prefixes that hold a name in doubt.
 LISTING_THREADS = 16
-PARALLEL_LISTING_FROM = 1_000
 
 
-def committed_names(output: str, expected: int = 0) -> list[str]:
-    """Names of the committed shards under `output`, from one listing, sorted. With `expected` (about
-    how many shards there are) of PARALLEL_LISTING_FROM or more, an object store that filters by
-    prefix is listed by name prefix in parallel."""
-    fs, root = filesystem(output)
-    # s3fs caches listings and answers `exists` from them: read fresh, and leave nothing cached that
-    # would hide shards committed later
-    fs.invalidate_cache(root)
-    if expected < PARALLEL_LISTING_FROM or isinstance(fs, LocalFileSystem) \
-            or "prefix" not in inspect.signature(fs.find).parameters:
-        paths = fs.ls(root, detail=False)
-    else:
-        with ThreadPoolExecutor(LISTING_THREADS) as pool:
-            paths = [p for part in pool.map(lambda prefix: fs.find(root, maxdepth=1, prefix=prefix), NAME_PREFIXES)
-                     for p in part]
-    fs.invalidate_cache(root)
-    return sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX))
+def committed_names(output: str, names: Sequence[str], known: Collection[str] = ()) -> list[str]:
+    """Which of shards `names` are committed under `output`, in their order.
+
+    `known`: names that a record written after their commit lists (the shard job's manifest, the embed
+    job's sidecar index); they count as committed without a look. The names in doubt are found from
+    their stats markers, in one listing (an object store's by those names' two-digit prefixes, in
+    parallel): a finished output with its record costs no listing at all, a killed run's only the
+    prefixes it had not recorded. A shard taken out by hand is redone only once the record is gone."""
+    known = set(known)
+    doubt = [n for n in names if n not in known]
+    found: set[str] = set()
+    if doubt:
+        fs, root = filesystem(output)
+        # s3fs caches listings and answers `exists` from them: read fresh, and leave nothing cached that
+        # would hide shards committed later
+        fs.invalidate_cache(root)
+        if isinstance(fs, LocalFileSystem) or "prefix" not in inspect.signature(fs.find).parameters:
+            paths = fs.ls(root, detail=False)
+        else:
+            prefixes = sorted({n[:2] for n in doubt})
+            with ThreadPoolExecutor(min(LISTING_THREADS, len(prefixes))) as pool:
+                paths = [p for part in pool.map(lambda prefix: fs.find(root, maxdepth=1, prefix=prefix), prefixes)
+                         for p in part]
+        fs.invalidate_cache(root)
+        found = {p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in paths if p.endswith(STATS_SUFFIX)}
+    return [n for n in names if n in known or n in found]
 
 
 def iter_samples(url: str, name: str) -> Iterator[dict]:

@@ -147,7 +147,7 @@ def commit_shard(output: str, shard: str, num_parts: int) -> dict | None:
     return stats
 
 
-SIDECAR_INDEX = "sidecar_index.json"  # every committed image shard's stats, rewritten at the end of each run
+SIDECAR_INDEX = "sidecar_index.json"  # every committed image shard's stats, rewritten during and after each run
 
 
 def write_sidecar_index(output: str, stats: dict[str, dict]) -> None:
@@ -159,13 +159,17 @@ def write_sidecar_index(output: str, stats: dict[str, dict]) -> None:
         write_json_atomic(fs, path, index)
 
 
-def committed_shard_stats(output: str, names: list[str]) -> dict[str, dict]:
-    """The commit stats of committed image shards `names`: from the index where it lists them (one read
-    for any number), from each shard's stats file otherwise (shards committed after the last index)."""
+def recorded_shard_stats(output: str) -> dict[str, dict]:
+    """The sidecar index under `output`: image shard name -> commit stats ({} with none)."""
     fs, root = filesystem(output)
     path = join(root, SIDECAR_INDEX)
-    index = read_json(fs, path) if fs.exists(path) else {}
-    return {n: index[n] if n in index else read_stats(output, n) for n in names}
+    return read_json(fs, path) if fs.exists(path) else {}
+
+
+def committed_shard_stats(output: str, names: list[str], recorded: dict[str, dict]) -> dict[str, dict]:
+    """The commit stats of committed image shards `names`: from the index's `recorded` stats where it
+    lists them, from each shard's stats file otherwise (shards committed after the last index)."""
+    return {n: recorded[n] if n in recorded else read_stats(output, n) for n in names}
 
 
 def shard_parts(stats: dict) -> list[str]:

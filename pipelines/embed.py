@@ -42,6 +42,7 @@ from formats.sidecar import (
     commit_shard,
     committed_shard_stats,
     num_parts,
+    recorded_shard_stats,
     shard_parts,
     write_sidecar_index,
 )
@@ -49,10 +50,13 @@ from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, PRECISIONS, TeacherConfig, auto_precision
 from model.superpixels import SuperpixelConfig
 from pipelines.embedding.prototypes import build_prototypes, sample_dense, stored_dense, teacher_dense
-from pipelines.embedding.worker import ClipEmbedder, EmbedSpec, prepare_chunks
+from pipelines.embedding.worker import CHUNKS_AT_ONCE, ClipEmbedder, EmbedSpec, prepare_chunks
 
 log = logging.getLogger("embed")
 FORMAT_VERSION = 1
+# A killed run's next start trusts the sidecar index for the shards it lists and looks for the rest:
+# written this often during a run, the rest is a minute's work.
+INDEX_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,11 @@ def run(cfg: EmbedConfig) -> dict:
     manifest["classes"] = names  # prototypes are built once: other names need another output
     check_embed_manifest(cfg.output, manifest)
     shards = shard_counts(read_manifest(cfg.input))
-    done_before = set(committed_names(cfg.output, expected=len(shards)))  # one listing, not a request per shard
+    recorded = recorded_shard_stats(cfg.output)
+    done_before = set(committed_names(cfg.output, list(shards), known=recorded))  # the index's, one listing for the rest
     pending = [name for name in shards if name not in done_before]
+    # the stats of shards done before come from the last index; this run's from their commit
+    by_shard = committed_shard_stats(cfg.output, [n for n in shards if n in done_before], recorded)
     spec = EmbedSpec(cfg.input, cfg.output, image_size, cfg.chunk_size, cfg.superpixels, cfg.storage)
     log.info("%d shards done, %d to embed", len(shards) - len(pending), len(pending))
     started, results = time.time(), []
@@ -164,23 +171,32 @@ def run(cfg: EmbedConfig) -> dict:
             # operator (Ray Data fuses stages with identical remote args) so decoding overlaps the model
             prepare_chunks, fn_kwargs={"spec": spec}, num_cpus=1, max_retries=3,
             concurrency=cfg.max_decode_tasks or None)
-        pool = ray.data.ActorPoolStrategy(min_size=cfg.min_model_actors, max_size=cfg.max_model_actors or None)
+        # each actor takes CHUNKS_AT_ONCE chunks at once, its own lock letting one into the model: the
+        # device works on one while the other's part is encoded and uploaded
+        pool = ray.data.ActorPoolStrategy(min_size=cfg.min_model_actors, max_size=cfg.max_model_actors or None,
+                                          max_concurrent_calls_per_actor=CHUNKS_AT_ONCE,
+                                          enable_true_multi_threading=True)
         parts = chunks.map(ClipEmbedder, compute=pool, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
                            fn_constructor_kwargs={
                                "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
                                "precision": cfg.precision, "spec": spec, "batch_size": cfg.batch_size,
                                "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor})
+        index_written = time.monotonic()
         with tqdm(total=sum(shards[n] for n in pending), desc="images", unit="img") as bar:
             for part in parts.iter_rows():
                 results.append(part)
                 bar.update(part["num_samples"] + part["num_failed"])
-    # the stats of this run's shards come from their commit; those done before from the last index
+                if part["shard_stats"]:
+                    by_shard[part["shard"]] = json.loads(part["shard_stats"])
+                    # a killed run's next start trusts the index and looks only for the rest
+                    if time.monotonic() - index_written >= INDEX_EVERY_S:
+                        write_sidecar_index(cfg.output, by_shard)
+                        index_written = time.monotonic()
     committed = {r["shard"]: json.loads(r["shard_stats"]) for r in results if r["shard_stats"]}
     for name in pending:  # parts all written by an earlier run that stopped before committing the shard
         if name not in committed:
             committed[name] = commit_shard(cfg.output, name, num_parts(shards[name], cfg.chunk_size))
-    before = committed_shard_stats(cfg.output, [n for n in shards if n in done_before])  # one index read
-    by_shard = {**before, **{n: s for n, s in committed.items() if s}}
+    by_shard.update({n: s for n, s in committed.items() if s})
     write_sidecar_index(cfg.output, by_shard)
     all_stats = [by_shard[n] for n in shards if n in by_shard]
     all_parts = [p for s in all_stats for p in shard_parts(s)]

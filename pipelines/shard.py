@@ -30,7 +30,7 @@ from tqdm import tqdm
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
-from formats.manifest import committed_counts, write_manifest
+from formats.manifest import committed_counts, recorded_counts, write_manifest
 from formats.shards import committed_names
 from pipelines.sharding.dedup import start_dedup
 from pipelines.sharding.lists import Segment
@@ -129,7 +129,33 @@ def summarize(results: list[dict], num_already_done: int, manifest: dict, second
     return "\n".join(lines)
 
 
-def write_shards(plan: Plan, names: list[str], cfg: ShardConfig, spec: WorkerSpec, dedup) -> list[dict]:
+# A killed run's next start trusts the last manifest for the shards it lists and looks for the rest:
+# written this often, the rest is a minute's work, not everything since the start.
+MANIFEST_EVERY_S = 60.0
+
+
+@dataclass
+class ManifestRecord:
+    """The committed shards' counts as tasks report them, written to the manifest now and then."""
+
+    output: str
+    num_planned: int
+    counts: dict[str, int]
+    written_at: float = field(default_factory=time.monotonic)
+
+    def add(self, result: dict) -> None:
+        if result["status"] in ("written", "skipped"):
+            self.counts[result["shard"]] = result["num_samples"]
+        if time.monotonic() - self.written_at >= MANIFEST_EVERY_S:
+            self.write()
+
+    def write(self) -> dict:
+        self.written_at = time.monotonic()
+        return write_manifest(self.output, self.num_planned, self.counts)
+
+
+def write_shards(plan: Plan, names: list[str], cfg: ShardConfig, spec: WorkerSpec, dedup,
+                 record: ManifestRecord) -> list[dict]:
     """Write shards `names` of the plan in parallel: each task gets its shard's row ranges and reads the
     rows itself. Not sized from the cluster at start (a 0-CPU head would give one task): Ray Data runs
     as many as the cluster has room for, and more as it grows."""
@@ -143,6 +169,7 @@ def write_shards(plan: Plan, names: list[str], cfg: ShardConfig, spec: WorkerSpe
     with tqdm(total=sum(plan.shard_size(n) for n in names), desc="inputs", unit="img") as bar:
         for stats in written.iter_rows():
             results.append(stats)
+            record.add(stats)
             bar.update(stats["num_inputs"])
     return results
 
@@ -162,13 +189,15 @@ def run(cfg: ShardConfig) -> dict:
         return {"plan_only": True, "num_inputs": plan.num_inputs, "num_shards": plan.num_shards}
     init_ray(cfg.num_cpus or None)
     spec = cfg.worker_spec(plan.key_digits)
-    committed = set(committed_names(cfg.output, expected=plan.num_shards))  # one listing, not a request per shard
-    done = [n for n in plan.names() if n in committed]
-    pending = [n for n in plan.names() if n not in committed]
+    recorded = recorded_counts(cfg.output)
+    done = committed_names(cfg.output, plan.names(), known=recorded)  # the manifest's, and one listing for the rest
+    done_set = set(done)
+    pending = [n for n in plan.names() if n not in done_set]
     log.info("%d shards complete, %d to write", len(done), len(pending))
     dedup = start_dedup(cfg.output, done, cfg.dedup_actors) if cfg.dedup else None
+    record = ManifestRecord(cfg.output, plan.num_shards, committed_counts(cfg.output, done, recorded))
     started = time.time()
-    results = write_shards(plan, pending, cfg, spec, dedup)
+    results = write_shards(plan, pending, cfg, spec, dedup, record)
     if cfg.retry_failed:
         if any(r["status"] == "failed" for r in results):
             print("retry pass: not started, some shards failed (rerun to finish them first)")
@@ -178,10 +207,9 @@ def run(cfg: ShardConfig) -> dict:
             retried = plan.names()[before:]
             print(f"retry pass: {sum(plan.shard_size(n) for n in retried)} inputs with transient failures "
                   f"into {len(retried)} new shards" if retried else "retry pass: no transient failure to retry")
-            results += write_shards(plan, retried, cfg, spec, dedup)
-    counts = committed_counts(cfg.output, done)  # shards done before: the last manifest holds their counts
-    counts.update({r["shard"]: r["num_samples"] for r in results if r["status"] in ("written", "skipped")})
-    manifest = write_manifest(cfg.output, plan.num_shards, counts)
+            record.num_planned = plan.num_shards
+            results += write_shards(plan, retried, cfg, spec, dedup, record)
+    manifest = record.write()
     print(summarize(results, len(done), manifest, time.time() - started))
     if any(r["status"] == "failed" for r in results):
         manifest["failed"] = True

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from formats.manifest import read_manifest, shard_counts
 from formats.shards import committed_names, iter_samples
-from formats.sidecar import committed_shard_stats, decode_sample, sample_canvas, shard_parts
+from formats.sidecar import committed_shard_stats, decode_sample, recorded_shard_stats, sample_canvas, shard_parts
 from model.views import ViewConfig, collate_views
 from trainer.collectives import broadcast_object, distributed
 
@@ -46,11 +46,11 @@ def list_shards(shards_url: str, clip_url: str) -> list[ShardPair]:
     read for any shard committed after it): a handful, whatever the number of shards."""
     pairs = []
     counts = shard_counts(read_manifest(shards_url))
-    committed = set(committed_names(clip_url, expected=len(counts)))
-    for name in counts:
-        if name not in committed:
-            log.warning("shard %s has no finished sidecar yet; left out", name)
-    sidecars = committed_shard_stats(clip_url, [n for n in counts if n in committed])
+    recorded = recorded_shard_stats(clip_url)
+    committed = committed_names(clip_url, list(counts), known=recorded)
+    for name in sorted(set(counts) - set(committed)):
+        log.warning("shard %s has no finished sidecar yet; left out", name)
+    sidecars = committed_shard_stats(clip_url, committed, recorded)
     for name, stats in sidecars.items():
         if stats["num_samples"]:
             pairs.append(ShardPair(name, tuple(shard_parts(stats)), stats["num_samples"]))

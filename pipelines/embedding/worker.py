@@ -1,6 +1,9 @@
 """The embed job's two stages: CPU tasks cut an image shard into decoded canvas chunks with superpixels;
 model actors run the CLIP teacher on a chunk and publish it as one sidecar part.
 
+An actor takes CHUNKS_AT_ONCE chunks at a time (the actor pool's concurrent calls): the model runs one of them
+while the other's part is encoded and uploaded, so the device does not wait for the writing.
+
 Each part is a shard of its own (formats.sidecar names it, formats.shards commits it), so a rerun
 redoes only unfinished parts; the actor that writes an image shard's last missing part commits the
 shard.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ from formats.sidecar import commit_shard, encode_sample, num_parts, part_name, s
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import TeacherConfig, auto_precision, dense_and_global
 from model.superpixels import SuperpixelConfig, superpixels
+
+CHUNKS_AT_ONCE = 2  # one in the model, one being written
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,20 @@ class ClipEmbedder:
         # superpixels-only sidecars (storage "none") need no teacher: the trainer runs it online
         self.teacher = load_teacher(teacher, self.device) if spec.storage != "none" else None
         self.spec, self.batch_size, self.last_block = spec, batch_size, last_block
+        self.model_lock = threading.Lock()  # chunks come CHUNKS_AT_ONCE at a time; the model takes one
 
     def embed(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, S, S, 3] -> dense [N, D, g, g] and global [N, D], float32 numpy."""
         dense, pooled = [], []
-        for start in range(0, len(canvas), self.batch_size):
-            x = torch.tensor(canvas[start:start + self.batch_size], device=self.device).permute(0, 3, 1, 2)
-            d, g = dense_and_global(self.teacher, self.teacher.normalise(x.float() / 255), self.last_block)
-            dense.append(d.cpu().numpy())
-            pooled.append(g.cpu().numpy())
+        with self.model_lock, torch.inference_mode():
+            for start in range(0, len(canvas), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(canvas[start:start + self.batch_size]))
+                if self.device == "cuda":  # uint8 from pinned memory: a quarter of float32's bytes, asynchronous
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                x = x.permute(0, 3, 1, 2).float() / 255
+                d, g = dense_and_global(self.teacher, self.teacher.normalise(x), self.last_block)
+                dense.append(d.float().cpu().numpy())
+                pooled.append(g.float().cpu().numpy())
         return np.concatenate(dense), np.concatenate(pooled)
 
     def __call__(self, chunk: dict) -> dict:

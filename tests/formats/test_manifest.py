@@ -3,7 +3,7 @@ before from the last manifest and reads stats markers only for shards it does no
 
 import json
 
-from formats.manifest import committed_counts, read_manifest, shard_counts, write_manifest
+from formats.manifest import committed_counts, read_manifest, recorded_counts, shard_counts, write_manifest
 
 
 def test_counts_come_from_the_last_manifest_and_markers_only_for_what_it_lacks(tmp_path):
@@ -14,7 +14,7 @@ def test_counts_come_from_the_last_manifest_and_markers_only_for_what_it_lacks(t
     assert manifest["num_samples"] == 12 and not manifest["complete"]
     (tmp_path / "00000_stats.json").write_text("not json: a read of it would fail")
     (tmp_path / "00002_stats.json").write_text(json.dumps({"shard": "00002", "num_samples": 4}))  # after the manifest
-    counts = committed_counts(out, ["00000", "00002"])
+    counts = committed_counts(out, ["00000", "00002"], recorded_counts(out))
     assert counts == {"00000": 5, "00002": 4}
     assert shard_counts(write_manifest(out, 3, {**counts, "00001": 7})) == {"00000": 5, "00001": 7, "00002": 4}
     assert read_manifest(out)["complete"]
@@ -22,4 +22,4 @@ def test_counts_come_from_the_last_manifest_and_markers_only_for_what_it_lacks(t
 
 def test_without_a_manifest_every_count_comes_from_its_marker(tmp_path):
     (tmp_path / "00000_stats.json").write_text(json.dumps({"shard": "00000", "num_samples": 3}))
-    assert committed_counts(str(tmp_path), ["00000"]) == {"00000": 3}
+    assert committed_counts(str(tmp_path), ["00000"], recorded_counts(str(tmp_path))) == {"00000": 3}

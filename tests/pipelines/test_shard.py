@@ -90,6 +90,21 @@ def test_local_folder_to_shards(ray_local, corpus, tmp_path):
     assert before == {p.name: p.read_bytes() for p in out.glob("*.tar")}
 
 
+def test_a_rerun_trusts_the_manifest_and_lists_only_what_it_lacks(ray_local, corpus, tmp_path, capsys):
+    out = tmp_path / "shards"
+    args = ["--input", str(corpus), "--output", str(out), "--samples-per-shard", "10", "--image-size", "32"]
+    assert shard_main(args) == 0
+    capsys.readouterr()
+    for name in ("00001.tar", "00001_stats.json"):  # taken out by hand, behind the manifest's back
+        (out / name).unlink()
+    assert shard_main(args) == 0
+    assert "0 written, 4 already complete" in capsys.readouterr().out  # the manifest lists it: no look
+    (out / "manifest.json").unlink()
+    assert shard_main(args) == 0  # with no record, the markers decide
+    assert "1 written, 3 already complete" in capsys.readouterr().out
+    assert (out / "00001.tar").exists() and read_manifest(str(out))["complete"]
+
+
 def test_resume_refuses_a_different_plan(ray_local, corpus, tmp_path, capsys):
     out = str(tmp_path / "shards")
     assert shard_main(["--input", str(corpus), "--output", out, "--samples-per-shard", "20"]) == 0
