@@ -23,13 +23,12 @@ MODES = {"precomputed": [], "online": ["--clip-storage", "none"]}
 COLUMNS = {"language mIoU": 0, "unsupervised mIoU": 2, "mIoU unseen": 5, "hIoU": 6, "probe mIoU": 7}  # report.md cells
 
 
-def run(root: Path, mode: str, seed: int) -> None:
-    name = f"{mode}-s{seed}"
+def run(root: Path, name: str, args: list[str]) -> None:
+    """`pipelines/main.py --quick --name NAME ARGS` under `root`, unless its report is there already."""
     if (root / name / "report.md").exists():
         return
     with open(root / f"{name}.log", "w") as log:
-        subprocess.run([sys.executable, "pipelines/main.py", "--quick", "--name", name, "--runs-root", str(root),
-                        "--train-overrides", f"loss.semantic_weight=4,run.seed={seed}", *MODES[mode]],
+        subprocess.run([sys.executable, "pipelines/main.py", "--quick", "--name", name, "--runs-root", str(root), *args],
                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
@@ -59,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     if not args.tabulate_only:
         for seed in args.seeds:
-            for mode in MODES:
-                run(root, mode, seed)
+            for mode, args in MODES.items():
+                run(root, f"{mode}-s{seed}", ["--train-overrides", f"loss.semantic_weight=4,run.seed={seed}", *args])
     print("| teacher | " + " | ".join(COLUMNS) + " | train images/s | data wait | sidecar KB/image |")
     print("|---" * (len(COLUMNS) + 4) + "|")
     for mode in MODES:

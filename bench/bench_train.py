@@ -64,7 +64,7 @@ def bare_rate(root: Path, args) -> dict:
     """One process, all cores, the global batch (2 workers' worth), batches built once and reused."""
     import torch
 
-    from formats.prototypes import load_prototypes
+    from formats.prototypes import load_prototypes, semantic_targets
     from formats.sidecar import read_embed_manifest
     from model.network import build_network
     from trainer.data import StreamSpec, list_shards, make_loader, steps_per_epoch
@@ -77,7 +77,7 @@ def bare_rate(root: Path, args) -> dict:
                       cfg.views, cfg.feature_size, 0, 10)
     batches = list(itertools.islice(make_loader(spec, 0, 1, steps_per_epoch(shards, 1, 2 * args.batch), 0, 0), 8))
     protos = load_prototypes(cfg.data.clip)
-    targets = torch.cat([protos["known"], protos["unknown"]]).float()
+    targets = semantic_targets(protos)
     torch.manual_seed(0)
     net = build_network(cfg.network)
     optimizer = build_optimizer(net, cfg)

@@ -8,7 +8,7 @@ without opening any tar).
 from __future__ import annotations
 
 from common.storage import filesystem, join, read_json, write_json_atomic
-from formats.shards import read_stats, tar_name
+from formats.shards import read_stats_of, tar_name
 
 MANIFEST = "manifest.json"
 
@@ -37,7 +37,8 @@ def recorded_counts(output: str) -> dict[str, int]:
 def committed_counts(output: str, names: list[str], recorded: dict[str, int]) -> dict[str, int]:
     """Samples of committed shards `names`: from the last manifest's `recorded` counts where it lists
     them, from their stats markers otherwise (shards a killed run committed after its last manifest)."""
-    return {n: recorded[n] if n in recorded else read_stats(output, n)["num_samples"] for n in names}
+    unrecorded = read_stats_of(output, [n for n in names if n not in recorded])
+    return {n: recorded[n] if n in recorded else unrecorded[n]["num_samples"] for n in names}
 
 
 def read_manifest(dataset: str) -> dict:

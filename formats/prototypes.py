@@ -1,7 +1,10 @@
 """The semantic loss's targets on disk: `prototypes.pt` beside the sidecars, and class-name list files.
 
-`prototypes.pt` holds {"names": [C], "known": [C, D] text prototypes, "unknown": [U, D],
-"max_similarity": float}; the embed job writes it, the trainer and the model file read it.
+`prototypes.pt` holds {"names": [C], "known": [C, D] text prototypes, "centres": [M, D] centres of
+the teacher's dense features, "explained": [M] bool (a name explains the centre), "unknown": [U, D]
+(the unexplained centres), "explain": {"rule", "threshold"} (model.prototypes.explained_centres)}; the
+embed job writes it, the trainer and the model file read it. A file from before the centres were
+kept (its unknown prototypes and the cosine rule's "max_similarity") reads as centres none explained.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import io
 import torch
 
 from common.storage import filesystem, join, write_bytes_atomic
+from model.prototypes import SemanticTargets
 
 PROTOTYPES = "prototypes.pt"
 
@@ -42,4 +46,24 @@ def save_prototypes(output: str, prototypes: dict) -> str:
 def load_prototypes(output: str) -> dict:
     fs, root = filesystem(output)
     with fs.open(join(root, PROTOTYPES), "rb") as fh:
-        return torch.load(io.BytesIO(fh.read()), weights_only=True)
+        return upgrade(torch.load(io.BytesIO(fh.read()), weights_only=True))
+
+
+def upgrade(protos: dict) -> dict:
+    """A prototypes dict of any version in today's form (see the module's docstring)."""
+    if "centres" in protos:
+        return protos
+    unknown = protos["unknown"]
+    return {**protos, "centres": unknown, "explained": torch.zeros(len(unknown), dtype=torch.bool),
+            "explain": {"rule": "cosine", "threshold": protos.get("max_similarity", 0.8)}}
+
+
+def semantic_targets(protos: dict) -> SemanticTargets:
+    """The semantic term's targets from a prototypes dict."""
+    protos = upgrade(protos)
+    return SemanticTargets(protos["known"].float(), protos["centres"].float(), protos["explained"].bool())
+
+
+def prototypes_dict(names: list[str], targets: SemanticTargets, rule: str, threshold: float) -> dict:
+    return {"names": list(names), "known": targets.known, "centres": targets.centres, "explained": targets.explained,
+            "unknown": targets.unknown, "explain": {"rule": rule, "threshold": threshold}}

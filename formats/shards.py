@@ -81,6 +81,16 @@ def read_stats(output: str, name: str) -> dict:
     return read_json(fs, stats_path(root, name))
 
 
+def read_stats_of(output: str, names: list[str]) -> dict[str, dict]:
+    """Name -> stats of committed shards `names`, LISTING_THREADS reads at a time (an object store
+    answers each in tens of milliseconds: a killed run's last minute of shards, read in turn, would be
+    most of a resume)."""
+    if not names:
+        return {}
+    with ThreadPoolExecutor(min(LISTING_THREADS, len(names))) as pool:
+        return dict(zip(names, pool.map(lambda name: read_stats(output, name), names)))
+
+
 # An object store lists 1,000 names a request: 100k shards (300k objects) are 300 requests in turn.
 # Listed by the names' first two digits (every shard name here and in img2dataset's layout starts
 # with them), the pages come LISTING_THREADS at a time, and only prefixes that hold a name in doubt.

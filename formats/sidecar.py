@@ -29,7 +29,7 @@ import numpy as np
 from common.config import ConfigError
 from common.storage import filesystem, join, read_json, write_json_atomic
 from formats.images import ImageRejected, ResizeSpec, decode_bgr
-from formats.shards import SAMPLE_IMAGE_KEYS, is_committed, read_stats, stats_path, tar_name
+from formats.shards import SAMPLE_IMAGE_KEYS, is_committed, read_stats, read_stats_of, stats_path, tar_name
 
 STORAGE_FORMATS = ("float16", "int8", "none")  # "none": superpixels only
 
@@ -169,7 +169,8 @@ def recorded_shard_stats(output: str) -> dict[str, dict]:
 def committed_shard_stats(output: str, names: list[str], recorded: dict[str, dict]) -> dict[str, dict]:
     """The commit stats of committed image shards `names`: from the index's `recorded` stats where it
     lists them, from each shard's stats file otherwise (shards committed after the last index)."""
-    return {n: recorded[n] if n in recorded else read_stats(output, n) for n in names}
+    unrecorded = read_stats_of(output, [n for n in names if n not in recorded])
+    return {n: recorded[n] if n in recorded else unrecorded[n] for n in names}
 
 
 def shard_parts(stats: dict) -> list[str]:

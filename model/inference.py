@@ -17,7 +17,7 @@ from torch import nn
 from model.kmeans import spherical_kmeans
 from model.metrics import IGNORE_INDEX
 from model.network import ModelOutput, SegNet
-from model.prototypes import cosine_logits
+from model.prototypes import SemanticTargets, cosine_logits, semantic_log_probs
 
 
 def _pad_to(images: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -65,14 +65,28 @@ def language_labels(out: ModelOutput, text_prototypes: torch.Tensor, size: tuple
     return upsample_labels(cosine_logits(out.clip, text_prototypes), size)
 
 
-def classfree_labels(out: ModelOutput, known: torch.Tensor, unknown: torch.Tensor, size: tuple[int, int]
-                     ) -> torch.Tensor:
-    """Labels over known names then discovered prototypes: ids >= len(known) are unnamed classes."""
-    return language_labels(out, torch.cat([known, unknown.to(known.dtype)]), size)
+# The semantic term's teacher temperature in the default training config (model.objective.LossConfig):
+# the class-free head splits a pixel between names and unknown prototypes as training did
+CLASSFREE_TEMPERATURE = 0.03
 
 
-def classfree_names(known_names: list[str], num_unknown: int) -> list[str]:
-    return list(known_names) + [f"unknown-{i}" for i in range(num_unknown)]
+def classfree_labels(out: ModelOutput, targets: SemanticTargets, size: tuple[int, int]) -> torch.Tensor:
+    """The argmax of the hierarchical distribution (model.prototypes.semantic_log_probs): a known name
+    where the centres a name explains hold the pixel, else its unexplained centre. Ids >= len(known)
+    are the unnamed classes, in the order of `targets.unknown`."""
+    return upsample_labels(semantic_log_probs(out.clip, targets, CLASSFREE_TEMPERATURE), size)
+
+
+def classfree_names(known_names: list[str], unknown_names: list[str]) -> list[str]:
+    """Legend names: the known ones, then `unknown-i`, followed by the name a test-time vocabulary gave it."""
+    return list(known_names) + [f"unknown-{i}" + (f" ({name})" if name else "") for i, name in enumerate(unknown_names)]
+
+
+def name_prototypes(unknown: torch.Tensor, vocabulary: torch.Tensor, top: int = 3) -> torch.Tensor:
+    """For each unknown prototype [U, D], its `top` nearest vocabulary entries [V, D] by cosine: [U, top]
+    indices, best first. A comparison among the vocabulary's names, so the modality gap's offset cancels."""
+    cosine = F.normalize(unknown.float(), dim=-1) @ F.normalize(vocabulary.float(), dim=-1).T
+    return cosine.topk(min(top, len(vocabulary)), dim=1).indices
 
 
 def fit_clusters(embeddings: torch.Tensor, num_clusters: int, num_iters: int = 30, num_restarts: int = 4,
@@ -139,7 +153,8 @@ def _probe_labels(out: ModelOutput, params: dict[str, torch.Tensor], size: tuple
 # How a head turns one network's outputs into labels [B, H, W]: (outputs, params, size) -> labels.
 HEADS: dict[str, Callable[[ModelOutput, dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]] = {
     "language": lambda out, p, size: language_labels(out, p["prototypes"], size),
-    "classfree": lambda out, p, size: classfree_labels(out, p["known"], p["unknown"], size),
+    "classfree": lambda out, p, size: classfree_labels(
+        out, SemanticTargets(p["known"], p["centres"], p["explained"].bool()), size),
     "clusters": lambda out, p, size: cluster_labels(out, p["centres"], size),
     "probe": _probe_labels,
 }

@@ -11,6 +11,7 @@ from model.losses.contrastive import pixel_segment_loss
 from model.losses.embedding import DISTANCES, embedding_consistency
 from model.losses.semantic import semantic_consistency
 from model.network import ModelOutput
+from model.prototypes import TARGET_RULES, SemanticTargets
 from model.segmenter import SegmenterConfig, segment
 
 
@@ -26,11 +27,17 @@ class LossConfig:
     embedding_distance: str = "cosine"  # a key of model.losses.embedding.DISTANCES
     student_temperature: float = 0.03
     teacher_temperature: float = 0.03
+    # how the semantic term's distribution spans names and unknown prototypes (model.prototypes):
+    # "hierarchical" keeps CLIP's language signal across the modality gap; "flat" is the earlier rule,
+    # under which the image-space prototypes take nearly all the mass (tests/model/test_semantic_targets.py)
+    semantic_targets: str = "hierarchical"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def __post_init__(self):
         if self.embedding_distance not in DISTANCES:
             raise ValueError(f"embedding_distance {self.embedding_distance!r} unknown (choose from {', '.join(DISTANCES)})")
+        if self.semantic_targets not in TARGET_RULES:
+            raise ValueError(f"semantic_targets {self.semantic_targets!r} unknown (choose from {', '.join(TARGET_RULES)})")
         if min(self.contrastive_weight, self.embedding_weight, self.semantic_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         if min(self.concentration, self.student_temperature, self.teacher_temperature) <= 0:
@@ -43,12 +50,12 @@ def regions_on_grid(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 
 def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Tensor, source: torch.Tensor,
-                   targets: torch.Tensor | None, cfg: LossConfig) -> dict[str, torch.Tensor]:
+                   targets: SemanticTargets | None, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Weighted terms and their sum ("total") for one batch of views.
 
     out: the network on all views [V, ...]; regions: [V, H, W] superpixels of each view;
     clip_dense: [V, Dc, h, w] CLIP features aligned to each view on the student grid;
-    source: [V] source image per view; targets: [C, Dc] text + unknown prototypes (None: no semantic term).
+    source: [V] source image per view; targets: the names and centres (None: no semantic term).
     """
     h, w = out.embeddings.shape[-2:]
     if clip_dense.shape[-2:] != (h, w):
@@ -59,9 +66,9 @@ def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Te
         terms["contrastive"] = pixel_segment_loss(out.embeddings, segments, cfg.concentration, cfg.exclude_own_segment)
     if cfg.embedding_weight:
         terms["embedding"] = embedding_consistency(out.clip, clip_dense, cfg.embedding_distance)
-    if cfg.semantic_weight and targets is not None and targets.numel():
+    if cfg.semantic_weight and targets is not None and targets.num_classes:
         terms["semantic"] = semantic_consistency(out.clip, clip_dense, targets, cfg.student_temperature,
-                                                 cfg.teacher_temperature)
+                                                 cfg.teacher_temperature, cfg.semantic_targets)
     weights = {"contrastive": cfg.contrastive_weight, "embedding": cfg.embedding_weight, "semantic": cfg.semantic_weight}
     total = sum((weights[k] * v for k, v in terms.items()), out.embeddings.new_zeros(()))
     return {"total": total, **terms}

@@ -48,6 +48,7 @@ from formats.sidecar import (
 )
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import LAST_BLOCKS, PRECISIONS, TeacherConfig, auto_precision
+from model.prototypes import EXPLAIN_RULES
 from model.superpixels import SuperpixelConfig
 from pipelines.embedding.prototypes import build_prototypes, sample_dense, stored_dense, teacher_dense
 from pipelines.embedding.worker import CHUNKS_AT_ONCE, ClipEmbedder, EmbedSpec, prepare_chunks
@@ -73,7 +74,11 @@ class EmbedConfig:
         "help": "/".join(STORAGE_FORMATS) + "; none = superpixels only, for the trainer's teacher.mode=online"})
     classes: str = field(default="", metadata={"help": "file of known class names, one a line"})
     num_unknown: int = field(default=16, metadata={"help": "k-means centres to try as unknown prototypes"})
-    unknown_max_similarity: float = field(default=0.8, metadata={"help": "drop centres this close to a known name"})
+    explain_rule: str = field(default="margin", metadata={
+        "help": "when a known name explains a centre: margin (its best name stands out from the others) or cosine "
+                "(a cosine to a name above the threshold; never met across CLIP's modality gap)"})
+    explain_threshold: float = field(default=0.5, metadata={
+        "help": "margin: the share of the largest centre's margin a centre needs; cosine: the cosine"})
     unknown_sample_images: int = 512
     unknown_max_vectors: int = 200_000
     seed: int = 0
@@ -106,8 +111,10 @@ class EmbedConfig:
             raise ConfigError("cpus_per_actor must be > 0, max_decode_tasks >= 0, gpus_per_actor >= 0 or -1 (auto)")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be auto or one of {PRECISIONS}, got {self.precision!r}")
-        if not -1 <= self.unknown_max_similarity <= 1:
-            raise ConfigError("unknown_max_similarity is a cosine: -1..1")
+        if self.explain_rule not in EXPLAIN_RULES:
+            raise ConfigError(f"explain_rule {self.explain_rule!r} unknown (choose from {', '.join(EXPLAIN_RULES)})")
+        if not -1 <= self.explain_threshold <= 1:
+            raise ConfigError("explain_threshold is a share of the largest margin or a cosine: -1..1")
 
     def teacher(self, device: str = "cpu") -> TeacherConfig:
         """The teacher as it runs on `device` (the precision "auto" is decided there)."""
@@ -206,9 +213,11 @@ def run(cfg: EmbedConfig) -> dict:
         grids = teacher_dense(cfg.input, list(shards), teacher, image_size, cfg.last_block, cfg.seed) \
             if cfg.storage == "none" else stored_dense(cfg.output, all_parts, cfg.seed)
         features = sample_dense(grids, cfg.unknown_sample_images, cfg.unknown_max_vectors, cfg.seed)
-        protos = build_prototypes(teacher, names, features, cfg.num_unknown, cfg.unknown_max_similarity, cfg.seed)
+        protos = build_prototypes(teacher, names, features, cfg.num_unknown, cfg.explain_rule, cfg.explain_threshold,
+                                  cfg.seed)
         save_prototypes(cfg.output, protos)
-        log.info("prototypes: %d known, %d unknown", len(protos["known"]), len(protos["unknown"]))
+        log.info("prototypes: %d known names, %d centres of which %d explained by a name", len(protos["known"]),
+                 len(protos["centres"]), int(protos["explained"].sum()))
     seconds = time.time() - started
     embedded = sum(r["num_samples"] for r in results)
     failures = sum((Counter(s["failures"]) for s in all_stats), Counter())

@@ -35,9 +35,11 @@ from common.ray_utils import init_ray
 from common.storage import filesystem, join, write_bytes_atomic
 from formats.datasets import Sample
 from formats.images import INPUT_EXTENSIONS
+from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
-from model.inference import Head, InferenceOptions, classfree_names, fit_clusters, predict
+from model.inference import Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX
+from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import compose, encode_png, overlay_image
 from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 
@@ -113,7 +115,11 @@ class SegmentConfig:
     output: str = field(metadata={"help": "local folder or fsspec prefix for the PNGs"})
     prompts: tuple[str, ...] = field(default=(), metadata={"help": "class names, comma-separated"})
     unsupervised: int = field(default=0, metadata={"help": "K: cluster pixel embeddings into K segments"})
-    classfree: bool = field(default=False, metadata={"help": "prompts plus the model's unknown prototypes"})
+    classfree: bool = field(default=False, metadata={
+        "help": "known classes by name (--prompts, default the training names), the rest by the model's unknown "
+                "prototypes"})
+    vocabulary: tuple[str, ...] = field(default=(), metadata={
+        "help": "with --classfree: names, comma-separated, to name each unknown class by its nearest"})
     window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
     scales: tuple[float, ...] = (1.0,)
     clip_model: str = field(default="", metadata={"help": "open_clip model with --checkpoint teacher"})
@@ -129,6 +135,8 @@ class SegmentConfig:
             raise ConfigError("choose either --unsupervised K (K > 0) or --prompts/--classfree")
         if not (self.unsupervised or self.prompts or self.classfree):
             raise ConfigError("say what to segment: --prompts a,b,c, --classfree or --unsupervised K")
+        if self.vocabulary and not self.classfree:
+            raise ConfigError("--vocabulary names the unknown classes of --classfree: add --classfree")
 
     @property
     def mode(self) -> str:
@@ -141,12 +149,15 @@ def _prompt_head(cfg: SegmentConfig, loaded: Loaded, method: str, fit: Callable)
 
 
 def _classfree_head(cfg: SegmentConfig, loaded: Loaded, method: str, fit: Callable) -> tuple[Head, list[str]]:
-    protos = loaded.meta["prototypes"]
-    if len(protos.get("unknown", ())) == 0:
-        raise ConfigError(f"{cfg.checkpoint} holds no unknown prototypes for --classfree")
+    protos = upgrade(loaded.meta["prototypes"])
+    if len(protos["centres"]) == 0:
+        raise ConfigError(f"{cfg.checkpoint} holds no prototypes of its teacher's features for --classfree")
     names = list(cfg.prompts) or list(protos["names"])  # default: the names the model was trained with
-    params = {"known": text_prototypes(loaded.teacher, names), "unknown": protos["unknown"]}
-    return Head(method, "classfree", params), classfree_names(names, len(protos["unknown"]))
+    head = classfree_head(loaded.teacher, protos, names, list(cfg.vocabulary))
+    for i, candidates in enumerate(head.candidates):
+        if candidates:
+            log.info("unknown-%d: nearest in the vocabulary %s", i, ", ".join(candidates))
+    return Head(method, "classfree", head.params), head.names
 
 
 def _cluster_head(cfg: SegmentConfig, loaded: Loaded, method: str, fit: Callable) -> tuple[Head, list[str]]:

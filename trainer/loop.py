@@ -20,7 +20,7 @@ import torch
 
 from common.storage import filesystem, join, write_json_atomic
 from formats.model_file import save_model
-from formats.prototypes import load_prototypes
+from formats.prototypes import load_prototypes, semantic_targets
 from formats.teacher_weights import load_teacher
 from model.clip_teacher import TeacherConfig, auto_precision
 from model.network import build_network
@@ -74,11 +74,6 @@ class LoopInputs:
     last_block: str = "maskclip"  # how that teacher made dense features (the online teacher does the same)
 
 
-def _targets(protos: dict) -> torch.Tensor | None:
-    targets = torch.cat([protos["known"], protos["unknown"]]).float()
-    return targets if len(targets) else None
-
-
 def online_teacher(inputs: LoopInputs, device: torch.device) -> OnlineTeacher | None:
     """The embed job's teacher, frozen on this worker's device, when teacher.mode is online."""
     if inputs.cfg.teacher.mode != "online":
@@ -118,10 +113,10 @@ def train_loop(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=net, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg))
     protos = load_prototypes(cfg.data.clip)
-    targets = _targets(protos)
-    targets = targets.to(device) if targets is not None else None
-    refresher = UnknownRefresher(protos["known"], cfg.refresh_num_unknown, protos["max_similarity"],
-                                 seed=cfg.run.seed, comm_device=comm_device) if cfg.refresh_unknown_every_steps else None
+    targets = semantic_targets(protos).to(device)
+    refresher = UnknownRefresher(protos["known"], cfg.refresh_num_unknown, protos["explain"]["rule"],
+                                 protos["explain"]["threshold"], seed=cfg.run.seed,
+                                 comm_device=comm_device) if cfg.refresh_unknown_every_steps else None
 
     micro_step = 0  # batches trained on, over all epochs; the data position is this batch of each stream
     layout = data_layout(cfg)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from model.clip_teacher import Teacher, dense_features
 from model.network import ModelOutput, SegNet
 from model.objective import compute_losses
+from model.prototypes import SemanticTargets
 from trainer.config import TrainConfig
 
 # teacher.precision -> the autocast dtype of the online teacher's forward (None: fp32)
@@ -47,7 +48,7 @@ def with_teacher_features(batch: dict, teacher: OnlineTeacher | None) -> dict:
     return batch
 
 
-def forward_losses(net: SegNet, batch: dict, targets: torch.Tensor | None, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def forward_losses(net: SegNet, batch: dict, targets: SemanticTargets | None, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """The network on both views of a batch (from trainer.data), then the weighted loss terms.
 
     With `scaling.bf16` the network runs under bf16 autocast (on any device: CPU runs it too, so

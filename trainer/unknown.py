@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import torch
 
-from model.prototypes import discover_unknown
+from model.prototypes import SemanticTargets, explained_centres, find_centres
 from trainer.collectives import broadcast_tensor
 
 
 class UnknownRefresher:
-    def __init__(self, known: torch.Tensor, num_unknown: int, max_similarity: float, max_vectors: int = 50_000,
-                 vectors_per_batch: int = 1024, seed: int = 0, comm_device: str | torch.device = "cpu"):
-        self.known, self.num_unknown, self.max_similarity = known.float().cpu(), num_unknown, max_similarity
+    """explain_rule, explain_threshold: the embed job's (its prototypes file records them), so a refresh
+    decides which centres a name explains as the embed job did."""
+
+    def __init__(self, known: torch.Tensor, num_unknown: int, explain_rule: str, explain_threshold: float,
+                 max_vectors: int = 50_000, vectors_per_batch: int = 1024, seed: int = 0,
+                 comm_device: str | torch.device = "cpu"):
+        self.known, self.num_unknown = known.float().cpu(), num_unknown
+        self.explain_rule, self.explain_threshold = explain_rule, explain_threshold
         self.max_vectors, self.vectors_per_batch, self.seed = max_vectors, vectors_per_batch, seed
         self.comm_device = torch.device(comm_device)  # the process group backend's (trainer.collectives)
         self.generator = torch.Generator().manual_seed(seed)
@@ -30,13 +35,15 @@ class UnknownRefresher:
         while sum(len(b) for b in self.buffer) - len(self.buffer[0]) >= self.max_vectors:
             self.buffer.pop(0)
 
-    def refresh(self) -> torch.Tensor:
-        """Known prototypes followed by freshly found unknown ones: [C + U, D], the same on every rank."""
-        unknown = discover_unknown(torch.cat(self.buffer), self.known, self.num_unknown, self.max_similarity,
-                                   seed=self.seed)
+    def refresh(self) -> SemanticTargets:
+        """The known names and freshly found centres, flagged as the embed job flags them; the same on
+        every rank (rank 0's centres, the flags computed from them alike everywhere)."""
+        centres = find_centres(torch.cat(self.buffer), self.num_unknown, seed=self.seed)
         # rank 0's centres go to every rank: a fixed shape (padded) and the count that is real
         padded = torch.zeros(self.num_unknown, self.known.shape[1])
-        padded[:len(unknown)] = unknown
+        padded[:len(centres)] = centres
         padded = broadcast_tensor(padded, self.comm_device).cpu()
-        count = int(broadcast_tensor(torch.tensor([len(unknown)]), self.comm_device).item())
-        return torch.cat([self.known, padded[:count]])
+        count = int(broadcast_tensor(torch.tensor([len(centres)]), self.comm_device).item())
+        centres = padded[:count]
+        return SemanticTargets(self.known, centres,
+                               explained_centres(centres, self.known, self.explain_rule, self.explain_threshold))

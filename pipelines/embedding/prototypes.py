@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from formats.prototypes import prototypes_dict
 from formats.shards import iter_samples
 from formats.sidecar import decode_sample, sample_canvas
 from model.clip_teacher import Teacher, dense_features, text_prototypes
-from model.prototypes import discover_unknown
+from model.prototypes import build_targets
 
 
 def stored_dense(output: str, parts: list[str], seed: int) -> Iterator[np.ndarray]:
@@ -64,9 +65,9 @@ def sample_dense(grids: Iterator[np.ndarray], num_images: int, max_vectors: int,
 
 
 def build_prototypes(teacher: Teacher, names: list[str], features: torch.Tensor, num_unknown: int,
-                     max_similarity: float, seed: int) -> dict:
-    """{"names", "known" [C, D], "unknown" [U, D]}; with no names at all this is the class-free setting."""
+                     explain_rule: str, explain_threshold: float, seed: int) -> dict:
+    """The prototypes dict (formats.prototypes): the names' text prototypes, the centres of `features`
+    and which of them a name explains; with no names at all this is the class-free setting."""
     known = text_prototypes(teacher, names) if names else torch.zeros(0, teacher.embed_dim)
-    unknown = (discover_unknown(features, known, num_unknown, max_similarity, seed=seed) if num_unknown
-               else torch.zeros(0, teacher.embed_dim))
-    return {"names": names, "known": known, "unknown": unknown, "max_similarity": max_similarity}
+    targets = build_targets(known, features, num_unknown, explain_rule, explain_threshold, seed=seed)
+    return prototypes_dict(names, targets, explain_rule, explain_threshold)

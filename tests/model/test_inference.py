@@ -11,8 +11,10 @@ from model.inference import (
     dense_outputs,
     fit_clusters,
     language_labels,
+    name_prototypes,
 )
 from model.network import ModelOutput, NetworkConfig, build_network
+from model.prototypes import SemanticTargets
 
 
 class Pointwise(nn.Module):
@@ -53,10 +55,13 @@ def test_language_and_classfree_labels_pick_the_nearest_prototype():
     text = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.1, 0.0]])
     labels = language_labels(out, text, (4, 4))
     assert labels.shape == (1, 4, 4) and (labels[0, 0] == 1).all()
-    unknown = torch.tensor([[0.0, 0.0, 1.0]])
-    labels = classfree_labels(out, text, unknown, (2, 2))
+    # two centres: along e0, which a name explains, and along e2, which none does
+    targets = SemanticTargets(text, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([True, False]))
+    labels = classfree_labels(out, targets, (2, 2))
     assert labels.tolist() == [[[1, 1], [2, 2]]]
-    assert classfree_names(["sky", "cat"], 2) == ["sky", "cat", "unknown-0", "unknown-1"]
+    assert classfree_names(["sky", "cat"], ["", "dog"]) == ["sky", "cat", "unknown-0", "unknown-1 (dog)"]
+    vocabulary = torch.tensor([[0.0, 1.0, 0.0], [0.1, 0.0, 1.0], [0.0, 0.5, 0.5]])
+    assert name_prototypes(targets.unknown, vocabulary, top=2).tolist() == [[1, 2]]
 
 
 def test_fit_clusters_recovers_planted_centres_and_labels_pixels():

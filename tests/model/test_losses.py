@@ -7,6 +7,7 @@ import torch
 from model.losses.contrastive import pixel_segment_loss
 from model.losses.embedding import embedding_consistency
 from model.losses.semantic import semantic_consistency
+from model.prototypes import SemanticTargets, semantic_log_probs
 from model.segmenter import SegmenterConfig, Segments, segment
 
 
@@ -56,7 +57,7 @@ def test_embedding_consistency_hand_computed():
 def test_semantic_consistency_is_kl_teacher_to_student():
     student = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
     teacher = torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)  # scale does not matter: cosines
-    targets = torch.eye(2)
+    targets = SemanticTargets.names_only(torch.eye(2))
     t_s, t_t = 0.5, 0.25
     p = [math.exp(1 / t_s), 1.0]
     q = [1.0, math.exp(1 / t_t)]
@@ -66,3 +67,27 @@ def test_semantic_consistency_is_kl_teacher_to_student():
     got = semantic_consistency(student, teacher, targets, t_s, t_t).item()
     assert math.isclose(got, expected, rel_tol=1e-5)
     assert semantic_consistency(teacher, teacher, targets, t_t, t_t).abs().item() < 1e-6
+    assert math.isclose(semantic_consistency(student, teacher, targets, t_s, t_t, "flat").item(), expected, rel_tol=1e-5)
+
+
+def test_hierarchical_targets_split_the_explained_share_over_the_names():
+    # one name; two centres, the first explained: a pixel's mass on the name is its softmax weight on
+    # the first centre, the rest stays on the second (the one unknown prototype)
+    targets = SemanticTargets(torch.tensor([[1.0, 0.0]]), torch.eye(2), torch.tensor([True, False]))
+    t = 0.1
+    feature = torch.tensor([0.6, 0.8]).view(1, 2, 1, 1)
+    a = torch.tensor([0.6, 0.8]).div(t).softmax(0)
+    assert torch.allclose(semantic_log_probs(feature, targets, t).exp().flatten(), a, atol=1e-6)
+    # two names share the explained centre's weight by the pixel's softmax over the names
+    two = SemanticTargets(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.eye(2), torch.tensor([True, False]))
+    names = torch.tensor([0.6, 0.8]).div(t).softmax(0)
+    expected = torch.cat([a[0] * names, a[1:]])
+    assert torch.allclose(semantic_log_probs(feature, two, t).exp().flatten(), expected, atol=1e-6)
+    # flat: one softmax over the names and the unexplained centre
+    flat = torch.tensor([0.6, 0.8, 0.8]).div(t).softmax(0)
+    assert torch.allclose(semantic_log_probs(feature, two, t, "flat").exp().flatten(), flat, atol=1e-6)
+    # no centre explained: the names get nothing and the loss stays finite
+    none = SemanticTargets(two.known, torch.eye(2), torch.tensor([False, False]))
+    assert semantic_log_probs(feature, none, t).exp()[0, :2].sum() == 0
+    student = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    assert torch.isfinite(semantic_consistency(student, feature, none, t, t))

@@ -5,6 +5,7 @@ import torch
 
 from model.network import NetworkConfig, build_network
 from model.objective import LossConfig, compute_losses
+from model.prototypes import SemanticTargets
 from model.segmenter import SegmenterConfig
 
 
@@ -52,7 +53,7 @@ def batch(seed: int = 0):
 def test_each_loss_trains_its_parameters_only(term, trains_projection):
     net = build_network(NetworkConfig(backbone="small", output_stride=8, embedding_dim=8, clip_dim=8))
     images, regions, clip, source = batch()
-    targets = torch.randn(5, 8).requires_grad_(False)
+    targets = SemanticTargets(torch.randn(3, 8), torch.randn(4, 8), torch.tensor([True, False, True, False]))
     weights = {k: float(k == term) for k in ("contrastive", "embedding", "semantic")}
     cfg = LossConfig(contrastive_weight=weights["contrastive"], embedding_weight=weights["embedding"],
                      semantic_weight=weights["semantic"], segmenter=SegmenterConfig(grid=(2, 2), num_iters=3))
@@ -64,7 +65,7 @@ def test_each_loss_trains_its_parameters_only(term, trains_projection):
     assert grad(net.backbone) > 0 and grad(net.embed) > 0
     assert (grad(net.project) > 0) == trains_projection
     assert clip.grad is None or clip.grad.abs().sum() == 0  # the teacher is a fixed target
-    assert targets.grad is None
+    assert targets.known.grad is None and targets.centres.grad is None
 
 
 def test_switching_every_term_off_leaves_a_zero_loss():

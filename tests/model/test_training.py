@@ -12,6 +12,7 @@ from model.inference import cluster_labels, dense_outputs, fit_clusters
 from model.metrics import apply_mapping, confusion_matrix, hungarian_match, segmentation_scores
 from model.network import NetworkConfig, build_network
 from model.objective import LossConfig, compute_losses
+from model.prototypes import SemanticTargets
 from model.segmenter import SegmenterConfig
 from model.superpixels import SuperpixelConfig, superpixels
 from model.views import ViewConfig, collate_views
@@ -43,7 +44,7 @@ def test_training_lowers_the_loss_and_aligns_embeddings_with_regions():
     images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in scenes])
     normalised = (images.float() / 255 - torch.tensor(teacher.mean).view(3, 1, 1)) / torch.tensor(teacher.std).view(3, 1, 1)
     dense = dense_features(teacher, normalised)  # [16, 64, 8, 8]
-    targets = text_prototypes(teacher, list(CLASSES[1:]))
+    targets = SemanticTargets.names_only(text_prototypes(teacher, list(CLASSES[1:])))
     sp = SuperpixelConfig(scale=200, min_size=60)
     samples = [(images[i], torch.from_numpy(superpixels(s.image, sp).astype(np.int64)), dense[i])
                for i, s in enumerate(scenes)]

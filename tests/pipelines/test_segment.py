@@ -18,6 +18,7 @@ from model.baselines import RawPixels
 from model.clip_teacher import TeacherConfig
 from model.inference import Head, InferenceOptions, grid_samples, multiscale_outputs, predict
 from model.network import ModelOutput, NetworkConfig, build_network
+from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import colorize, overlay_image, palette
 from pipelines.inference.predict import LocalMapper, ModelSpec
 from pipelines.segment import SegmentConfig, list_images, main, run
@@ -107,6 +108,22 @@ def test_classfree_labels_reach_the_unknown_prototypes(checkpoint, images, tmp_p
     labels = np.asarray(Image.open(tmp_path / "000000_labels.png"))
     assert labels.shape == (64, 64) and labels.max() < 4  # two names, two unknown prototypes
     assert main(["--checkpoint", checkpoint, "--images", str(images), "--output", str(tmp_path)]) == 2  # no mode
+    assert main(["--checkpoint", checkpoint, "--images", str(images), "--output", str(tmp_path),
+                 "--vocabulary", "sky,cat"]) == 2  # a vocabulary names class-free output only
+
+
+def test_a_vocabulary_names_the_unknown_classes_and_test_names_decide_what_is_known(checkpoint):
+    loaded = ModelSpec(checkpoint).load()
+    protos = loaded.meta["prototypes"]
+    head = classfree_head(loaded.teacher, protos, ["striped", "dotted"], ["sky", "cat", "grass"])
+    assert head.names[:2] == ["striped", "dotted"] and len(head.names) == 2 + len(head.candidates)
+    assert all(len(c) == 3 and set(c) == {"sky", "cat", "grass"} for c in head.candidates)
+    assert head.names[2] == f"unknown-0 ({head.candidates[0][0]})"
+    # the centres are flagged against the names given now, by the rule the prototypes record
+    named = {**protos, "centres": protos["unknown"], "explained": torch.zeros(2, dtype=torch.bool),
+             "explain": {"rule": "cosine", "threshold": 0.5}}
+    as_names = classfree_head(loaded.teacher, named, ["striped", "dotted"])
+    assert as_names.candidates == [[], []] and as_names.names[2:] == ["unknown-0", "unknown-1"]
 
 
 @pytest.mark.slow
