@@ -50,8 +50,9 @@ def load_prototypes(output: str) -> dict:
 
 
 def upgrade(protos: dict) -> dict:
-    """A prototypes dict of any version in today's form (see the module's docstring)."""
-    if "centres" in protos:
+    """A prototypes dict of any version in today's form (see the module's docstring); {} (a model file
+    with none) stays as it is."""
+    if "centres" in protos or not protos:
         return protos
     unknown = protos["unknown"]
     return {**protos, "centres": unknown, "explained": torch.zeros(len(unknown), dtype=torch.bool),

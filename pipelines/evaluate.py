@@ -38,11 +38,13 @@ from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from common.storage import filesystem, join, write_bytes_atomic, write_json_atomic
 from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
 from model.inference import Head, InferenceOptions, fit_clusters, predict
 from model.metrics import confusion_matrix
 from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, write_panels
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
+from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import encode_png
 from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
 
@@ -86,7 +88,7 @@ class EvalConfig:
         for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if "unseen" in self.tasks and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:
+        if {"unseen", "classfree"} & set(self.tasks) and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:
             raise ConfigError(f"{self.dataset} has no built-in zero-shot split: name the unseen classes with --unseen")
 
     @property
@@ -100,6 +102,7 @@ class HeadInputs:
 
     cfg: EvalConfig
     names: list[str]
+    seen: np.ndarray  # [K] bool: not an unseen class
     loaded: Loaded
     samples: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]  # part -> method -> (embeddings, labels)
 
@@ -116,17 +119,28 @@ HEAD_PARAMS: dict[str, Callable[[HeadInputs, str], dict[str, torch.Tensor]]] = {
                                                            seed=inputs.cfg.seed)},
     "probe": lambda inputs, m: train_probe(*inputs.samples["probe"][m], len(inputs.names), inputs.cfg.probe_epochs,
                                            inputs.cfg.probe_lr, inputs.cfg.probe_batch_size, inputs.cfg.seed),
+    "classfree": lambda inputs, m: classfree_params(inputs),
 }
+
+
+def classfree_params(inputs: HeadInputs) -> dict[str, torch.Tensor]:
+    """The seen classes by name, the model's centres flagged against them; `columns` takes the head's
+    ids (seen names, then unknown classes) to the confusion matrix's (dataset classes, then unknown)."""
+    seen_names = [n for n, s in zip(inputs.names, inputs.seen) if s]
+    head = classfree_head(inputs.loaded.teacher, inputs.loaded.meta["prototypes"], seen_names)
+    k = len(inputs.names)
+    columns = np.flatnonzero(inputs.seen).tolist() + [k + j for j in range(len(head.candidates))]
+    return {**head.params, "columns": torch.tensor(columns, dtype=torch.long)}
 
 
 def _first(n: int, limit: int) -> range:
     return range(min(n, limit) if limit else n)
 
 
-def fit_heads(cfg: EvalConfig, data: EvalDataset, methods: dict[str, list[str]], loaded: Loaded, mapper: Mapper,
-              options: InferenceOptions) -> dict[str, Head]:
+def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dict[str, list[str]], loaded: Loaded,
+              mapper: Mapper, options: InferenceOptions) -> dict[str, Head]:
     """Every head the tasks need, keyed "HEAD/METHOD"; one pass draws the pixels for clusters and probes."""
-    wanted = {f"{TASKS[t].head}/{m}": Head(m, TASKS[t].head, {}) for t in cfg.tasks for m in methods[t]}
+    wanted = {f"{TASKS[t].head}/{m}": Head(m, TASKS[t].head, {}) for t in methods for m in methods[t]}
     sources: dict[str, Any] = {}
     if any(h.kind == "clusters" for h in wanted.values()):
         sources["clusters"] = data  # the split being scored: clustering sees no labels
@@ -138,7 +152,7 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, methods: dict[str, list[str]],
         rows = [{"part": p, "index": i} for p, src in sources.items() for i in _first(len(src), cfg.max_images)]
         work = SampleWork(sources, fit_methods, cfg.num_per_image, options, cfg.seed)
         samples = gather_samples(mapper(rows, fit_methods, work), cfg.max_fit_pixels, cfg.seed)
-    inputs = HeadInputs(cfg, data.class_names, loaded, samples)
+    inputs = HeadInputs(cfg, data.class_names, seen, loaded, samples)
     return {key: Head(h.method, h.kind, HEAD_PARAMS[h.kind](inputs, h.method)) for key, h in wanted.items()}
 
 
@@ -147,7 +161,8 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, methods: dict[str, list[str]],
 
 @dataclass
 class ScoreWork:
-    """Per row {"index"}: each head's confusion matrix [K, K] on one image, and its labels as PNG for panels."""
+    """Per row {"index"}: each head's confusion matrix [K, P] on one image (P = K, or more for a head whose
+    params carry `columns`: its ids' columns), and its labels as PNG for panels."""
 
     data: EvalDataset
     heads: dict[str, Head]
@@ -160,7 +175,11 @@ class ScoreWork:
         k = len(self.data.class_names)
         result: dict[str, Any] = {"index": np.array(index)}
         for key, labels in predict(models, self.heads, sample.image, self.options).items():
-            result[f"conf/{key}"] = confusion_matrix(labels, sample.mask, k)
+            columns = self.heads[key].params.get("columns")
+            if columns is not None:
+                labels = columns.numpy()[labels]
+            width = max(k, int(columns.max()) + 1) if columns is not None and len(columns) else k
+            result[f"conf/{key}"] = confusion_matrix(labels, sample.mask, k, num_pred=width)
             result[f"png/{key}"] = encode_png(labels) if index in self.panel_indices else b""
         return result
 
@@ -168,11 +187,12 @@ class ScoreWork:
 def score_images(results: Iterable[dict[str, Any]], keys: Iterable[str], num_classes: int
                  ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
     """Summed confusion matrix per head, and the decoded label maps of the panel images by index."""
-    totals = {key: np.zeros((num_classes, num_classes), np.int64) for key in keys}
+    totals: dict[str, np.ndarray] = {key: np.zeros((num_classes, 0), np.int64) for key in keys}
     panels: dict[int, dict[str, np.ndarray]] = {}
     for r in results:
         for key in totals:
-            totals[key] += r[f"conf/{key}"]
+            conf = r[f"conf/{key}"]
+            totals[key] = conf if not totals[key].shape[1] else totals[key] + conf
             if len(r[f"png/{key}"]):
                 panels.setdefault(int(r["index"]), {})[key] = np.asarray(Image.open(io.BytesIO(r[f"png/{key}"])))
     return totals, panels
@@ -188,20 +208,26 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.split)
     names, indices = data.class_names, _first(len(data), cfg.max_images)
     unseen = set(cfg.unseen or ZERO_SHOT_UNSEEN.get(cfg.dataset, ()))
-    if "unseen" in cfg.tasks and not unseen <= set(names):
+    if {"unseen", "classfree"} & set(cfg.tasks) and not unseen <= set(names):
         raise ConfigError(f"unseen classes {sorted(unseen - set(names))} are not classes of {cfg.dataset}")
     seen = np.array([n not in unseen for n in names])
+    loaded, options = spec.load(), InferenceOptions(cfg.window, cfg.scales)
+    tasks = list(cfg.tasks)
+    if "classfree" in tasks and not len(upgrade(loaded.meta["prototypes"]).get("centres", ())):
+        if cfg.task != "all":
+            raise ConfigError(f"{cfg.checkpoint} holds no prototypes of its teacher's features: no class-free task")
+        log.info("class-free task left out: %s holds no prototypes of its teacher's features", cfg.checkpoint)
+        tasks.remove("classfree")
     main_method = spec.main_method
     methods = {t: [main_method] + [b for b in TASKS[t].baselines if cfg.baselines and b in spec.available
-                                   and b != main_method] for t in cfg.tasks}
-    loaded, options = spec.load(), InferenceOptions(cfg.window, cfg.scales)
-    heads = fit_heads(cfg, data, methods, loaded, mapper, options)
+                                   and b != main_method] for t in tasks}
+    heads = fit_heads(cfg, data, seen, methods, loaded, mapper, options)
     work = ScoreWork(data, heads, options, panel_indices(len(indices), cfg.num_panels))
     all_methods = tuple(sorted({h.method for h in heads.values()}))
     totals, panel_labels = score_images(mapper([{"index": i} for i in indices], all_methods, work), heads,
                                         len(names))
     results = {t: {m: TASKS[t].score(totals[f"{TASKS[t].head}/{m}"], names, seen) for m in methods[t]}
-               for t in cfg.tasks}
+               for t in methods}
     report = json_safe({
         "checkpoint": cfg.checkpoint, "dataset": cfg.dataset, "split": cfg.split, "num_images": len(indices),
         "class_names": names, "config": dataclasses.asdict(cfg),

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from model.metrics import IGNORE_INDEX, apply_mapping, hungarian_match, seen_unseen_scores, segmentation_scores
@@ -38,6 +39,35 @@ def unseen_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[
     return {**scores, **seen_unseen_scores(iou, seen), "unseen_classes": [n for n, s in zip(names, seen) if not s]}
 
 
+def classfree_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> dict[str, Any]:
+    """Class-free segmentation, scored over all classes. conf [K, K + U]: the dataset's K classes (the
+    head knew only the seen ones by name), then its U unknown classes. The unknown classes are matched
+    one-to-one to the unseen classes (Hungarian, most pixels in common); one left over labels no class,
+    so its pixels count as errors. Also: the share of seen-class pixels the head called unknown."""
+    k = len(names)
+    clusters = conf[:, k:]
+    unseen_rows = np.flatnonzero(~seen)
+    merged = np.zeros((k + 1, k + 1), np.int64)  # the last row and column: "no class" (left-over clusters)
+    merged[:k, :k] = conf[:, :k]
+    to_class = np.full(clusters.shape[1], IGNORE_INDEX, np.int64)
+    if len(unseen_rows) and clusters.shape[1]:
+        rows, cols = linear_sum_assignment(clusters[unseen_rows], maximize=True)
+        to_class[cols] = unseen_rows[rows]
+    for cluster, target in enumerate(to_class):
+        merged[:k, target if target != IGNORE_INDEX else k] += clusters[:, cluster]
+    s = segmentation_scores(merged)
+    iou = s["iou"][:k]
+    present = conf.sum(1) > 0
+    seen_pixels = conf[seen].sum()
+    return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            "pixel_acc": float(np.trace(merged[:k, :k]) / max(conf.sum(), 1)),
+            "iou": dict(zip(names, iou.tolist())), **seen_unseen_scores(iou, seen),
+            "seen_pixels_unknown": float(clusters[seen].sum() / seen_pixels) if seen_pixels else float("nan"),
+            "classes_present": int(present.sum()),
+            # label id (dataset classes, then unknown classes) -> the class it is scored as
+            "cluster_to_class": list(range(k)) + to_class.tolist(), "confusion": conf.tolist()}
+
+
 @dataclass(frozen=True)
 class Task:
     head: str  # a key of model.inference.HEADS; tasks with the same head share its predictions
@@ -54,6 +84,9 @@ TASKS: dict[str, Task] = {
     "unseen": Task("language", ("teacher",), unseen_scores,
                    (("mIoU seen", "miou_seen"), ("mIoU unseen", "miou_unseen"), ("hIoU", "hiou"))),
     "probe": Task("probe", ("untrained",), language_scores, (("probe mIoU", "miou"), ("probe acc", "pixel_acc"))),
+    "classfree": Task("classfree", ("teacher",), classfree_scores,
+                      (("class-free mIoU", "miou"), ("class-free unseen", "miou_unseen"),
+                       ("seen px called unknown", "seen_pixels_unknown"))),
 }
 METHOD_TITLES = {"student": "student", "teacher": "CLIP teacher alone (MaskCLIP)",
                  "pixels": "k-means on raw pixels", "untrained": "untrained network"}

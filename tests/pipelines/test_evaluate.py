@@ -19,6 +19,7 @@ from model.clip_teacher import TeacherConfig, text_prototypes
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines.evaluate import EvalConfig, main, run
 from pipelines.evaluation.report import json_safe, markdown_table
+from pipelines.evaluation.tasks import classfree_scores
 from pipelines.inference.predict import LocalMapper, ModelSpec
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
@@ -159,3 +160,49 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
     assert set(alone["tasks"]["language"]) == {"teacher"} and alone["network"] is None
     assert alone["tasks"]["language"]["teacher"]["miou"] == pytest.approx(
         report["tasks"]["language"]["teacher"]["miou"], abs=0.02)
+
+
+def test_class_free_scores_match_unknown_classes_to_unseen_ones_and_count_leftovers_as_errors():
+    names = ["sky", "grass", "cat", "dog"]
+    seen = np.array([True, True, False, False])
+    # columns: the four classes (only seen ones predicted by name), then three unknown classes
+    conf = np.array([
+        [8, 1, 0, 0, 1, 0, 0],  # sky: 1 pixel called unknown-0
+        [0, 9, 0, 0, 0, 0, 1],  # grass: 1 pixel in unknown-2, which is left over
+        [0, 0, 0, 0, 0, 6, 0],  # cat: all in unknown-1
+        [1, 0, 0, 0, 7, 0, 2],  # dog: mostly unknown-0
+    ])
+    scores = classfree_scores(conf, names, seen)
+    assert scores["cluster_to_class"][4:] == [3, 2, 255]  # unknown-0 -> dog, unknown-1 -> cat, unknown-2 -> none
+    iou = scores["iou"]
+    assert iou["sky"] == pytest.approx(8 / (10 + 9 - 8))
+    assert iou["grass"] == pytest.approx(9 / (10 + 10 - 9))
+    assert iou["cat"] == pytest.approx(1.0)
+    assert iou["dog"] == pytest.approx(7 / (10 + 8 - 7))  # its 2 pixels in the left-over class are errors
+    assert scores["miou"] == pytest.approx(np.mean(list(iou.values())))
+    assert scores["seen_pixels_unknown"] == pytest.approx(2 / 20)
+    assert scores["pixel_acc"] == pytest.approx(30 / 36)
+
+
+def test_a_perfect_student_scores_100_class_free(tmp_path):
+    data = flat_colour_dataset(tmp_path / "flat")
+    path = str(tmp_path / "model.pt")
+    save_model(path, build_network(NetworkConfig(backbone="small", output_stride=8, embedding_dim=16, clip_dim=64,
+                                                 projection_hidden=32)), TEACHER)
+    teacher = ModelSpec(path).load().teacher
+    prototypes = text_prototypes(teacher, NAMES)
+    seen = [n for n in NAMES if n != "cat"]
+    # the centres of a perfect teacher: one per class, the oracle's own outputs; a name explains a centre
+    # exactly when they coincide (the cosine rule at 0.999: these random text vectors are far from each other)
+    assert (prototypes @ prototypes.T - torch.eye(4)).max() < 0.999
+    save_model(path, build_network(NetworkConfig(backbone="small", output_stride=8, embedding_dim=16, clip_dim=64,
+                                                 projection_hidden=32)), TEACHER,
+               {"names": seen, "known": text_prototypes(teacher, seen), "centres": prototypes,
+                "explained": torch.tensor([True, True, False, True]), "unknown": prototypes[2:3],
+                "explain": {"rule": "cosine", "threshold": 0.999}})
+    cfg = EvalConfig(checkpoint=path, dataset="generic", data_root=str(data), output=str(tmp_path / "out"),
+                     task="classfree", baselines=False, unseen=("cat",), num_panels=1)
+    scores = run(cfg, LocalMapper(ModelSpec(path), {"student": Oracle(prototypes)}))["tasks"]["classfree"]["student"]
+    assert scores["miou"] == pytest.approx(1.0) and scores["miou_unseen"] == pytest.approx(1.0)
+    assert scores["seen_pixels_unknown"] == 0 and scores["cluster_to_class"][4:] == [2]
+    assert (tmp_path / "out" / "panels").exists()
