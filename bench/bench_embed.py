@@ -1,6 +1,13 @@
-"""The embed job end to end (decode, superpixels, model, write) against a bare forward loop.
+"""The embed job end to end (decode, superpixels, model, write) against a bare forward loop; or, with
+--cpu-side, the job's CPU stage alone per core.
 
     .venv/bin/python bench/bench_embed.py --clip-model ViT-B-16 --num-images 192 --batch-size 32
+    .venv/bin/python bench/bench_embed.py --cpu-side --num-images 192 --batch-size 32
+
+--cpu-side times the decode tasks' work (`prepare_chunks`: read the tar, decode, centre-square canvas,
+superpixels) in this process on one thread, over the same shards, at the ViT-B/16 canvas (224 px),
+with superpixels on the full canvas and at 112 px, and says how many such cores one GPU embedding
+GPU_RATE images/s would keep busy.
 
 Same model (random weights: none can be downloaded here; speed does not depend on them), batch and
 image count. The bare loop calls the teacher's dense+global forward on tensors already decoded and
@@ -18,10 +25,38 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+GPU_RATE = 4000  # images/s of one GPU embedding ViT-B/16 in fp16 (issue 15's figure; not measured here)
+
+
+def cpu_side(shards: Path, num_repeats: int = 2) -> None:
+    import cv2
+    import torch
+
+    from formats.manifest import read_manifest, shard_counts
+    from model.superpixels import SuperpixelConfig
+    from pipelines.embedding.worker import EmbedSpec, prepare_chunks
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    names = list(shard_counts(read_manifest(str(shards))))
+    print(f"\n| CPU stage, one core, canvas 224 | images/s per core | cores per GPU at {GPU_RATE:,} images/s |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as empty:  # no part committed: every chunk is prepared
+        for resolution in (0, 112):
+            spec = EmbedSpec(str(shards), empty, 224, 64, SuperpixelConfig(resolution=resolution), "float16")
+            best = 0.0
+            for _ in range(num_repeats):
+                started, images = time.perf_counter(), 0
+                for name in names:
+                    images += sum(len(c["keys"]) for c in prepare_chunks({"shard": name}, spec))
+                best = max(best, images / (time.perf_counter() - started))
+            label = "superpixels on the full canvas" if not resolution else f"superpixels at {resolution} px"
+            print(f"| decode + canvas + {label} | {best:.1f} | {GPU_RATE / best:.0f} |")
 
 
 def bare_loop(model: str, num_images: int, batch_size: int) -> float:
@@ -48,6 +83,7 @@ def main() -> None:
     parser.add_argument("--storage", default="float16")
     parser.add_argument("--work", default=str(REPO / "bench" / "out" / "embed"))
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "embed.json"))
+    parser.add_argument("--cpu-side", action="store_true", help="time the CPU stage alone, per core")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work / "clip", ignore_errors=True)
@@ -60,6 +96,8 @@ def main() -> None:
         write_corpus(str(work / "corpus"), num_train=args.num_images, num_val=0, size=256)
         shard.run(shard.ShardConfig(input=str(work / "corpus" / "train"), output=str(work / "shards"),
                                     samples_per_shard=args.batch_size * 2, image_size=256))
+    if args.cpu_side:
+        return cpu_side(work / "shards")
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
     job = subprocess.run([sys.executable, "pipelines/embed.py", "--input", str(work / "shards"), "--output",
                           str(work / "clip"), "--clip-model", args.clip_model, "--batch-size", str(args.batch_size),

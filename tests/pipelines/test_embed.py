@@ -74,7 +74,10 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
             assert np.allclose(decoded.global_embedding, pooled[0].numpy(), atol=2e-3 * pooled.abs().max().item())
     protos = load_prototypes(out)
     assert protos["names"] == list(CLASSES[1:]) and protos["known"].shape == (5, 64)
-    assert 0 < len(protos["unknown"]) <= 4 and protos["unknown"].shape[1] == 64
+    assert 0 < len(protos["centres"]) <= 4 and protos["centres"].shape[1] == 64
+    assert protos["explained"].dtype == torch.bool and len(protos["explained"]) == len(protos["centres"])
+    assert torch.equal(protos["unknown"], protos["centres"][~protos["explained"]])
+    assert protos["explain"] == {"rule": "margin", "threshold": 0.5}
     manifest = json.loads((root / "clip" / "embed_manifest.json").read_text())
     assert manifest["grid"] == 4 and manifest["random_init"] and manifest["pretrained"] == ""
 
@@ -123,8 +126,9 @@ def test_superpixels_only_sidecars_for_an_online_teacher(shards):
     assert json.loads((root / "clip-bare" / "embed_manifest.json").read_text())["storage"] == "none"
     with_features, without = load_prototypes(stored), load_prototypes(bare)
     assert torch.equal(with_features["known"], without["known"])
-    assert with_features["unknown"].shape == without["unknown"].shape and len(without["unknown"]) > 0
-    assert torch.allclose(with_features["unknown"], without["unknown"], atol=2e-2)
+    assert with_features["centres"].shape == without["centres"].shape and len(without["centres"]) > 0
+    assert torch.allclose(with_features["centres"], without["centres"], atol=2e-2)
+    assert torch.equal(with_features["explained"], without["explained"])
 
 
 def test_bad_samples_are_recorded_and_skipped(shards, tmp_path):
