@@ -21,7 +21,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.gpu_check import FULL, student_config, synthetic_batch
+from bench.gpu_check import FULL, student_config, synthetic_batch, synthetic_targets
 from demo.synth import render_scene
 from formats.sidecar import STORAGE_FORMATS, encode_sample
 from model.clip_teacher import TeacherConfig, dense_and_global, load_teacher
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     net = build_network(cfg.network).train()
     batch = synthetic_batch(1, sizes, torch.device("cpu"), torch.Generator().manual_seed(0))
-    targets = torch.nn.functional.normalize(torch.randn(20, sizes.clip_dim), dim=1)
+    targets = synthetic_targets(sizes.clip_dim, torch.device("cpu"), torch.Generator().manual_seed(0))
     student = count(lambda: forward_losses(net, batch, targets, cfg)["total"].backward())
     teacher = load_teacher(TeacherConfig(args.teacher))
     views = torch.rand(2, 3, sizes.crop, sizes.crop)

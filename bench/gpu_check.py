@@ -118,6 +118,14 @@ def student_config(sizes: Sizes):
         "views": {"crop_size": sizes.crop}})
 
 
+def synthetic_targets(clip_dim: int, device: torch.device, generator: torch.Generator):
+    """20 names and 16 centres of the teacher's features, half of them explained by a name."""
+    from model.prototypes import SemanticTargets
+
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, clip_dim, device=device, generator=generator), dim=1)
+    return SemanticTargets(unit(20), unit(16), torch.arange(16, device=device) % 2 == 0)
+
+
 def student_step(sizes: Sizes, device: torch.device, peak_tflops: float) -> list[dict]:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -129,7 +137,7 @@ def student_step(sizes: Sizes, device: torch.device, peak_tflops: float) -> list
     net = build_network(cfg.network).to(device).train()
     optimizer = build_optimizer(net, cfg)
     generator = torch.Generator(device).manual_seed(0)
-    targets = torch.nn.functional.normalize(torch.randn(20, sizes.clip_dim, device=device, generator=generator), dim=1)
+    targets = synthetic_targets(sizes.clip_dim, device, generator)
     rows = []
     for num_images in sizes.student_batches:
         batch = synthetic_batch(num_images, sizes, device, generator)

@@ -72,6 +72,7 @@ def test_switching_every_term_off_leaves_a_zero_loss():
     net = build_network(NetworkConfig(backbone="small", output_stride=8, clip_dim=8))
     images, regions, clip, source = batch()
     cfg = LossConfig(contrastive_weight=0, embedding_weight=0, semantic_weight=0)
-    assert compute_losses(net(images), regions, clip, source, torch.randn(3, 8), cfg) == {"total": 0}
+    targets = SemanticTargets.names_only(torch.randn(3, 8))
+    assert compute_losses(net(images), regions, clip, source, targets, cfg) == {"total": 0}
     with pytest.raises(ValueError, match="embedding_distance"):
         LossConfig(embedding_distance="l2")

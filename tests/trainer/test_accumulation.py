@@ -16,6 +16,7 @@ import torch
 
 from common.config import build_config
 from model.network import build_network
+from model.prototypes import SemanticTargets
 from trainer.config import TrainConfig
 from trainer.step import build_optimizer, deepspeed_config, forward_losses
 
@@ -51,7 +52,8 @@ def batch(images: slice) -> dict:
 
 
 def trained_weights(net: torch.nn.Module, cfg: TrainConfig, micro_batches: list[dict]) -> dict:
-    targets = torch.nn.functional.normalize(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    unit = torch.nn.functional.normalize(torch.randn(5, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    targets = SemanticTargets(unit[:3], unit[3:], torch.tensor([True, False]))
     engine, _, _, _ = deepspeed.initialize(model=net, optimizer=build_optimizer(net, cfg), config=deepspeed_config(cfg))
     engine.module.eval()  # batch norm on its running statistics: a per-image function
     boundaries = []
