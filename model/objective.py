@@ -45,8 +45,12 @@ class LossConfig:
 
 
 def regions_on_grid(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Superpixel ids [B, H, W] at the image's resolution -> [B, h, w] at the embedding grid (nearest)."""
-    return F.interpolate(regions[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    """Superpixel ids [B, H, W] at the image's resolution -> [B, h, w]: the id at each grid cell's
+    centre. (Nearest interpolation reads a cell's top-left pixel: 8 px off at stride 16.)"""
+    (height, width), (h, w) = regions.shape[-2:], size
+    rows = ((torch.arange(h, device=regions.device) + 0.5) * height / h).long().clamp(max=height - 1)
+    cols = ((torch.arange(w, device=regions.device) + 0.5) * width / w).long().clamp(max=width - 1)
+    return regions[:, rows][:, :, cols].long()
 
 
 def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Tensor, source: torch.Tensor,

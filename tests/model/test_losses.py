@@ -7,6 +7,7 @@ import torch
 from model.losses.contrastive import pixel_segment_loss
 from model.losses.embedding import embedding_consistency
 from model.losses.semantic import semantic_consistency
+from model.objective import regions_on_grid
 from model.prototypes import SemanticTargets, semantic_log_probs
 from model.segmenter import SegmenterConfig, Segments, segment
 
@@ -91,3 +92,11 @@ def test_hierarchical_targets_split_the_explained_share_over_the_names():
     assert semantic_log_probs(feature, none, t).exp()[0, :2].sum() == 0
     student = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
     assert torch.isfinite(semantic_consistency(student, feature, none, t, t))
+
+
+def test_regions_are_read_at_the_grid_cells_centres():
+    regions = (torch.arange(32) // 4).expand(1, 32, 32)  # ids 0..7 in bands of 4 columns
+    assert regions_on_grid(regions, (2, 2)).tolist() == [[[2, 6], [2, 6]]]  # columns 8 and 24, not 0 and 16
+    assert torch.equal(regions_on_grid(regions, (32, 32)), regions)
+    odd = regions_on_grid(regions[:, :30, :30], (4, 4))  # a grid that does not divide the image
+    assert odd.tolist()[0][0] == [0, 2, 4, 6]  # columns 3, 11, 18 and 26
