@@ -201,9 +201,6 @@ def score_images(results: Iterable[dict[str, Any]], keys: Iterable[str], num_cla
 def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     """Evaluate every task of `cfg`; returns the report (also written to cfg.output)."""
     spec = ModelSpec(cfg.checkpoint, cfg.clip_model, cfg.clip_pretrained, cfg.seed)
-    if mapper is None:
-        init_ray(cfg.num_cpus or None)
-        mapper = RayMapper(spec, cfg.num_workers)
     started = time.time()
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.split)
     names, indices = data.class_names, _first(len(data), cfg.max_images)
@@ -212,12 +209,19 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         raise ConfigError(f"unseen classes {sorted(unseen - set(names))} are not classes of {cfg.dataset}")
     seen = np.array([n not in unseen for n in names])
     loaded, options = spec.load(), InferenceOptions(cfg.window, cfg.scales)
+    trained_on = set(loaded.meta["prototypes"].get("names", ()))
+    if {"unseen", "classfree"} & set(cfg.tasks) and unseen & trained_on:
+        raise ConfigError(f"{cfg.checkpoint} was trained with the names {sorted(unseen & trained_on)}: they cannot be "
+                          "scored as unseen (choose other --unseen classes, or a model trained without them)")
     tasks = list(cfg.tasks)
     if "classfree" in tasks and not len(upgrade(loaded.meta["prototypes"]).get("centres", ())):
         if cfg.task != "all":
             raise ConfigError(f"{cfg.checkpoint} holds no prototypes of its teacher's features: no class-free task")
         log.info("class-free task left out: %s holds no prototypes of its teacher's features", cfg.checkpoint)
         tasks.remove("classfree")
+    if mapper is None:  # after every check: a user's mistake starts no cluster
+        init_ray(cfg.num_cpus or None)
+        mapper = RayMapper(spec, cfg.num_workers)
     main_method = spec.main_method
     methods = {t: [main_method] + [b for b in TASKS[t].baselines if cfg.baselines and b in spec.available
                                    and b != main_method] for t in tasks}
@@ -250,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = job_config(EvalConfig, argv, __doc__)
     if cfg is None:
         return 2
-    run(cfg)
+    try:
+        run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,6 +17,7 @@ from demo.synth import write_corpus
 from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig, text_prototypes
 from model.network import ModelOutput, NetworkConfig, build_network
+from pipelines import evaluate
 from pipelines.evaluate import EvalConfig, main, run
 from pipelines.evaluation.report import json_safe, markdown_table
 from pipelines.evaluation.tasks import classfree_scores
@@ -206,3 +207,18 @@ def test_a_perfect_student_scores_100_class_free(tmp_path):
     assert scores["miou"] == pytest.approx(1.0) and scores["miou_unseen"] == pytest.approx(1.0)
     assert scores["seen_pixels_unknown"] == 0 and scores["cluster_to_class"][4:] == [2]
     assert (tmp_path / "out" / "panels").exists()
+
+
+def test_unseen_classes_the_model_was_trained_with_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "init_ray", lambda *args: pytest.fail("a cluster was started"))
+    data = flat_colour_dataset(tmp_path / "flat")
+    path = str(tmp_path / "model.pt")
+    net = build_network(NetworkConfig(backbone="small", output_stride=8, embedding_dim=16, clip_dim=64,
+                                      projection_hidden=32))
+    save_model(path, net, TEACHER, {"names": ["sky", "cat"], "known": torch.zeros(2, 64), "unknown": torch.zeros(0, 64)})
+    args = ["--checkpoint", path, "--dataset", "generic", "--data-root", str(data), "--output", str(tmp_path / "o"),
+            "--task", "unseen", "--unseen", "cat", "--num-cpus", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained with the names ['cat']" in err[0]
+    assert not (tmp_path / "o").exists()
