@@ -219,6 +219,14 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
             raise ConfigError(f"{cfg.checkpoint} holds no prototypes of its teacher's features: no class-free task")
         log.info("class-free task left out: %s holds no prototypes of its teacher's features", cfg.checkpoint)
         tasks.remove("classfree")
+    probe_root = cfg.probe_root or cfg.data_root
+    if "probe" in tasks and cfg.dataset == "generic" and probe_root.rstrip("/") == cfg.data_root.rstrip("/"):
+        # a generic folder is one split: a probe fitted there would be scored on its own training images
+        if cfg.task != "all":
+            raise ConfigError(f"{cfg.data_root} is one split: the probe would be scored on the images it trains on; "
+                              "give --probe-root another labelled folder")
+        log.info("probe task left out: %s is one split and no --probe-root was given", cfg.data_root)
+        tasks.remove("probe")
     if mapper is None:  # after every check: a user's mistake starts no cluster
         init_ray(cfg.num_cpus or None)
         mapper = RayMapper(spec, cfg.num_workers)
@@ -238,6 +246,8 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained")},
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
         "methods": {m: METHOD_TITLES[m] for m in all_methods}, "tasks": results,
+        "probe": {"root": probe_root, "split": "the folder" if cfg.dataset == "generic" else cfg.probe_split}
+        if "probe" in methods else None,
         "seconds": time.time() - started,
     })
     fs, root = filesystem(cfg.output)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from common.config import ConfigError
 from demo.synth import write_corpus
 from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig, text_prototypes
@@ -83,11 +84,19 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path):
     data = flat_colour_dataset(tmp_path / "flat")
     spec = ModelSpec(checkpoint)
     prototypes = text_prototypes(spec.load().teacher, NAMES)  # the seeded teacher the job itself loads
+    probe = flat_colour_dataset(tmp_path / "probe")  # the same scenes, a folder of its own
     cfg = EvalConfig(checkpoint=checkpoint, dataset="generic", data_root=str(data), output=str(tmp_path / "out"),
-                     baselines=False, unseen=("cat",), num_panels=1, probe_epochs=40, probe_lr=0.1)
+                     baselines=False, unseen=("cat",), num_panels=1, probe_epochs=40, probe_lr=0.1,
+                     probe_root=str(probe))
     report = run(cfg, LocalMapper(spec, {"student": Oracle(prototypes)}))
     tasks = report["tasks"]
     assert set(tasks) == {"language", "unsupervised", "unseen", "probe"}
+    assert report["probe"] == {"root": str(probe), "split": "the folder"}
+    # without a probe folder of its own, "all" leaves the probe out and "probe" is refused
+    same = run(dataclasses.replace(cfg, probe_root="", output=str(tmp_path / "same")), LocalMapper(spec, {}))
+    assert "probe" not in same["tasks"] and same["probe"] is None
+    with pytest.raises(ConfigError, match="one split"):
+        run(dataclasses.replace(cfg, probe_root="", task="probe"), LocalMapper(spec, {}))
     for task in ("language", "unsupervised", "probe"):
         assert tasks[task]["student"]["miou"] == pytest.approx(1.0), task
         assert tasks[task]["student"]["pixel_acc"] == pytest.approx(1.0), task
@@ -133,7 +142,10 @@ def test_a_bad_task_is_a_config_error(checkpoint, corpus, tmp_path):
 @pytest.mark.slow
 def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoint, corpus, tmp_path):
     out = tmp_path / "eval"
+    probe = tmp_path / "probe"
+    write_corpus(str(probe), num_train=0, num_val=4, size=64, seed=1)
     assert main(["--checkpoint", checkpoint, "--dataset", "generic", "--data-root", str(corpus),
+                 "--probe-root", str(probe / "val"),
                  "--output", str(out), "--task", "all", "--unseen", "dotted,wavy", "--num-panels", "2",
                  "--scales", "1.0,1.5", "--window", "48", "--num-workers", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
