@@ -14,18 +14,19 @@ from model.network import ModelOutput
 class TeacherNet(nn.Module):
     """The CLIP teacher as a dense network: images [B, 3, H, W] in [0, 1] -> ModelOutput at 1/patch.
 
-    Its embeddings are the normalised dense CLIP features, so every task can run on it.
+    Its embeddings are the normalised dense CLIP features, so every task can run on it. `last_block`:
+    how the dense features are made (model.clip_teacher.LAST_BLOCKS), as for the student's training.
     """
 
-    def __init__(self, teacher: Teacher):
+    def __init__(self, teacher: Teacher, last_block: str = "maskclip"):
         super().__init__()
-        self.model = teacher.model
+        self.model, self.last_block = teacher.model, last_block
         self.output_stride = teacher.patch_size
         self.register_buffer("mean", torch.tensor(teacher.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        dense = dense_features(self.model, (images - self.mean) / self.std)
+        dense = dense_features(self.model, (images - self.mean) / self.std, self.last_block)
         return ModelOutput(F.normalize(dense, dim=1), dense)
 
 

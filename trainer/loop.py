@@ -183,7 +183,7 @@ def train_loop(config: dict) -> None:
     log.close()
     if keys_log:
         keys_log.close()
-    export(engine, cfg, inputs.teacher)
+    export(engine, cfg, inputs.teacher, inputs.last_block)
 
 
 def master_state_dict(engine) -> dict[str, torch.Tensor]:
@@ -199,11 +199,12 @@ def master_state_dict(engine) -> dict[str, torch.Tensor]:
     return {**buffers, **params}
 
 
-def export(engine, cfg: TrainConfig, teacher: dict) -> None:
-    """Rank 0 writes the plain weights file inference reads (formats/model_file.py)."""
+def export(engine, cfg: TrainConfig, teacher: dict, last_block: str) -> None:
+    """Rank 0 writes the plain weights file inference reads (formats/model_file.py), with how the
+    teacher's dense features were made (its baseline row uses the same)."""
     state = master_state_dict(engine)
     if ray.train.get_context().get_world_rank() == 0:
         net = build_network(cfg.network)
         net.load_state_dict(state)
         save_model(f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}/model.pt", net, teacher,
-                   prototypes=load_prototypes(cfg.data.clip))
+                   prototypes=load_prototypes(cfg.data.clip), extra={"teacher_last_block": last_block})

@@ -58,7 +58,8 @@ def _untrained(loaded: Loaded) -> nn.Module:
 # Every network a report can compare, built from a loaded model file.
 METHODS: dict[str, Callable[[Loaded], nn.Module]] = {
     "student": lambda loaded: loaded.student,
-    "teacher": lambda loaded: TeacherNet(loaded.teacher),
+    # the dense features the student was trained on (a model file records them; MaskCLIP's before that)
+    "teacher": lambda loaded: TeacherNet(loaded.teacher, loaded.meta["extra"].get("teacher_last_block", "maskclip")),
     "untrained": _untrained,
     "pixels": lambda loaded: RawPixels(),
 }

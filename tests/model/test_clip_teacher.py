@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from formats import teacher_weights
+from model.baselines import TeacherNet
 from model.clip_teacher import (
     IMAGENET_TEMPLATES,
     SCENE_TEMPLATES,
@@ -388,3 +389,12 @@ def test_config_rejects_unknown_model_and_precision():
         TeacherConfig(model="tiny-vvit")
     with pytest.raises(ValueError, match="precision"):
         TeacherConfig(precision="fp8")
+
+
+def test_the_teacher_baseline_uses_the_dense_features_the_student_was_trained_on(vit):
+    imgs = images(1, 64, 64)
+    normalised = (imgs - torch.tensor(vit.mean).view(1, 3, 1, 1)) / torch.tensor(vit.std).view(1, 3, 1, 1)
+    for last_block in ("maskclip", "clearclip"):
+        out = TeacherNet(vit, last_block)(imgs)
+        torch.testing.assert_close(out.clip, dense_features(vit.model, normalised, last_block=last_block))
+    assert not torch.allclose(TeacherNet(vit)(imgs).clip, TeacherNet(vit, "clearclip")(imgs).clip, atol=1e-2)

@@ -52,6 +52,7 @@ def test_two_workers_train_and_export(prepared, zero_stage):
     assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, losses
     net, meta = load_model(str(prepared / "runs" / name / "model.pt"))
     assert net.cfg.clip_dim == 64 and meta["teacher"]["model"] == "tiny-rn"
+    assert meta["extra"]["teacher_last_block"] == "maskclip"  # the teacher baseline's dense features
     assert meta["prototypes"]["known"].shape == (5, 64)
     if zero_stage == 3:
         weights = [p.detach() for p in net.parameters()]
@@ -79,6 +80,7 @@ def test_online_teacher_trains_on_two_workers_from_superpixel_only_sidecars(prep
     assert sum(m["loss/total"] for m in logged[-3:]) < sum(m["loss/total"] for m in logged[:3]), logged
     net, meta = load_model(str(prepared / "runs" / "online" / "model.pt"))
     assert net.cfg.clip_dim == 64 and meta["teacher"]["model"] == "tiny-rn"
+    assert meta["extra"]["teacher_last_block"] == "maskclip"  # the teacher baseline's dense features
 
 
 def test_bad_configs_stop_before_any_worker(prepared, capsys):
