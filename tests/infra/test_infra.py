@@ -296,23 +296,30 @@ def size_in_bytes(cell: str) -> float:
 
 def duration_s(cell: str) -> float:
     number, unit = cell.split()
-    return float(number) * {"min": 60, "h": 3600}[unit]
+    return float(number) * {"min": 60, "h": 3600, "days": 86400}[unit]
 
 
 def test_capacity_table_follows_from_the_measured_inputs():
     text = README.read_text()
     measured = {k: float(v.replace(",", "")) for k, v in
-                re.findall(r"^\| `(B_\w+|R_shard)` \| ([\d,]+) ", text, flags=re.M)}
+                re.findall(r"^\| `(B_\w+|R_shard_cpu)` \| ([\d,]+) ", text, flags=re.M)}
+    embed_full, embed_low = map(float, re.search(
+        r"^\| `R_embed_cpu` \| ([\d.]+) images/s per vCPU \(([\d.]+) with", text, flags=re.M).groups())
     vcpus = int(re.search(r"`C` = (\d+)", text).group(1))
+    latency = float(re.search(r"All at `L` = ([\d.]+) s", text).group(1))
     header = next(line for line in text.splitlines() if line.startswith("| images |"))
-    nodes = [int(n) for n in re.findall(r"shard, (\d+) nodes?", header)]
+    shard_columns = [(int(n), int(t)) for n, t in re.findall(r"shard, (\d+) nodes?, (\d+) threads", header)]
+    embed_nodes = int(re.search(r"embed CPU side, (\d+) nodes", header).group(1))
     rows = {m.group(1): [c.strip() for c in m.group(2).split("|")]
             for m in re.finditer(r"^\| (\d+[MB]) \|(.*)\|$", text, flags=re.M)}
-    assert set(rows) == {"10M", "100M", "1B"} and len(nodes) == 2
+    assert set(rows) == {"10M", "100M", "1B"} and len(shard_columns) == 2
     for label, cells in rows.items():
         n_img = float(label[:-1]) * {"M": 1e6, "B": 1e9}[label[-1]]
         for cell, key in zip(cells[:3], ("B_img", "B_f16", "B_i8")):
             assert size_in_bytes(cell) == pytest.approx(n_img * measured[key], rel=0.01), (label, key)
-        for cell, n in zip(cells[3:5], nodes):
-            expected = n_img / (measured["R_shard"] * vcpus * n)
-            assert duration_s(cell) == pytest.approx(expected, rel=0.02), (label, n)
+        for cell, (nodes, threads) in zip(cells[3:5], shard_columns):
+            per_vcpu = min(measured["R_shard_cpu"], threads / latency)  # CPU or Little's law, whichever binds
+            assert duration_s(cell) == pytest.approx(n_img / (per_vcpu * vcpus * nodes), rel=0.03), (label, nodes)
+        low, full = re.fullmatch(r"(.+) \((.+)\)", cells[5]).groups()
+        for cell, rate in ((low, embed_low), (full, embed_full)):
+            assert duration_s(cell) == pytest.approx(n_img / (rate * vcpus * embed_nodes), rel=0.03), (label, rate)
