@@ -157,7 +157,7 @@ def job_config(cls: type[T], argv: list[str] | None, doc: str, profiles: dict[st
     stderr) when the config is wrong, so `main` returns exit status 2 before any work starts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return parse_config(cls, argv, description=doc.split("\n")[0], profiles=profiles)
+        return parse_config(cls, argv, description=" ".join(doc.split("\n\n")[0].split()), profiles=profiles)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return None

@@ -7,9 +7,10 @@ superpixels, and the target prototypes. A Ray Data job.
 
 CPU tasks decode shards into canvases and superpixels; a pool of model actors (--gpus-per-actor
 each; min..max actors, growing with the cluster) runs the teacher and writes sidecar parts
-(formats/sidecar.py). Then
-`SHARD_stats.json` per shard, `prototypes.pt`, and `embed_manifest.json` describing how features
-were made; a rerun skips finished parts and refuses an output made with different settings.
+(formats/sidecar.py). Then `SHARD_stats.json` per shard, `sidecar_index.json`, `prototypes.pt`
+(the names' text prototypes and the centres of the teacher's features, flagged where a name
+explains them) and `embed_manifest.json` describing how features were made; a rerun skips finished
+parts and refuses an output made with different settings.
 """
 
 from __future__ import annotations

@@ -31,3 +31,6 @@ def test_a_job_runs_as_a_module(entry):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+    # the description is the docstring's first paragraph, whole: it ends a sentence
+    description = done.stdout.split("\n\n")[1]
+    assert description.rstrip().endswith(".") and not description.startswith(" "), description
