@@ -14,6 +14,7 @@ import json
 import os
 import tarfile
 import tempfile
+import time
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,6 +90,25 @@ def read_stats_of(output: str, names: list[str]) -> dict[str, dict]:
         return {}
     with ThreadPoolExecutor(min(LISTING_THREADS, len(names))) as pool:
         return dict(zip(names, pool.map(lambda name: read_stats(output, name), names)))
+
+
+# A job's record of its committed shards (the shard job's manifest, the embed job's sidecar index) is
+# rewritten this often during a run: a killed run's next start trusts it and looks only for the rest,
+# a minute's work rather than everything since the start.
+RECORD_EVERY_S = 60.0
+
+
+@dataclass
+class RecordClock:
+    """When a job's record of committed shards is due again (every RECORD_EVERY_S seconds)."""
+
+    written_at: float = field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        if time.monotonic() - self.written_at < RECORD_EVERY_S:
+            return False
+        self.written_at = time.monotonic()
+        return True
 
 
 # An object store lists 1,000 names a request: 100k shards (300k objects) are 300 requests in turn.

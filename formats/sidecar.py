@@ -13,7 +13,8 @@ Both the embed job and the trainer go through `encode_sample` / `decode_sample`,
 
 Samples of image shard NAME are written in parts `NAME-PPP` (each a committed shard of
 formats.shards); `NAME_stats.json` lists them once every part is there, and `sidecar_index.json`
-gathers every committed shard's stats at the end of a run (the trainer's start reads that one file).
+gathers every committed shard's stats, during a run and at its end (the trainer's start reads that
+one file).
 `embed_manifest.json` records how the features were made, so a rerun with other settings is refused.
 """
 

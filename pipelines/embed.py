@@ -36,7 +36,7 @@ from common.ray_utils import init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
 from formats.prototypes import has_prototypes, read_class_names, save_prototypes
-from formats.shards import committed_names, tar_name
+from formats.shards import RecordClock, committed_names, tar_name
 from formats.sidecar import (
     STORAGE_FORMATS,
     check_embed_manifest,
@@ -56,9 +56,6 @@ from pipelines.embedding.worker import CHUNKS_AT_ONCE, ClipEmbedder, EmbedSpec, 
 
 log = logging.getLogger("embed")
 FORMAT_VERSION = 1
-# A killed run's next start trusts the sidecar index for the shards it lists and looks for the rest:
-# written this often during a run, the rest is a minute's work.
-INDEX_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -189,22 +186,18 @@ def run(cfg: EmbedConfig) -> dict:
                                "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
                                "precision": cfg.precision, "spec": spec, "batch_size": cfg.batch_size,
                                "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor})
-        index_written = time.monotonic()
+        clock = RecordClock()
         with tqdm(total=sum(shards[n] for n in pending), desc="images", unit="img") as bar:
             for part in parts.iter_rows():
                 results.append(part)
                 bar.update(part["num_samples"] + part["num_failed"])
-                if part["shard_stats"]:
+                if part["shard_stats"]:  # this part was its image shard's last: the shard is committed
                     by_shard[part["shard"]] = json.loads(part["shard_stats"])
-                    # a killed run's next start trusts the index and looks only for the rest
-                    if time.monotonic() - index_written >= INDEX_EVERY_S:
+                    if clock.due():
                         write_sidecar_index(cfg.output, by_shard)
-                        index_written = time.monotonic()
-    committed = {r["shard"]: json.loads(r["shard_stats"]) for r in results if r["shard_stats"]}
     for name in pending:  # parts all written by an earlier run that stopped before committing the shard
-        if name not in committed:
-            committed[name] = commit_shard(cfg.output, name, num_parts(shards[name], cfg.chunk_size))
-    by_shard.update({n: s for n, s in committed.items() if s})
+        if name not in by_shard and (stats := commit_shard(cfg.output, name, num_parts(shards[name], cfg.chunk_size))):
+            by_shard[name] = stats
     write_sidecar_index(cfg.output, by_shard)
     all_stats = [by_shard[n] for n in shards if n in by_shard]
     all_parts = [p for s in all_stats for p in shard_parts(s)]
@@ -223,7 +216,7 @@ def run(cfg: EmbedConfig) -> dict:
     embedded = sum(r["num_samples"] for r in results)
     failures = sum((Counter(s["failures"]) for s in all_stats), Counter())
     num_samples = sum(s["num_samples"] for s in all_stats)
-    print(f"shards: {sum(1 for v in committed.values() if v)} embedded now, {len(shards) - len(pending)} before, "
+    print(f"shards: {sum(1 for n in pending if n in by_shard)} embedded now, {len(shards) - len(pending)} before, "
           f"{len(shards) - len(all_stats)} unfinished" + ("" if complete else " (rerun to finish)"))
     print(f"this run: {embedded} images in {seconds:.1f} s ({embedded / max(seconds, 1e-9):.1f} images/s)"
           + "".join(f"; {n} parts by {where}" for where, n in sorted(Counter(r["actor"] for r in results).items())))

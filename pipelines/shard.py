@@ -31,7 +31,7 @@ from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from formats.manifest import committed_counts, recorded_counts, write_manifest
-from formats.shards import committed_names
+from formats.shards import RecordClock, committed_names
 from pipelines.sharding.dedup import start_dedup
 from pipelines.sharding.lists import Segment
 from pipelines.sharding.plan import Plan, make_plan
@@ -129,11 +129,6 @@ def summarize(results: list[dict], num_already_done: int, manifest: dict, second
     return "\n".join(lines)
 
 
-# A killed run's next start trusts the last manifest for the shards it lists and looks for the rest:
-# written this often, the rest is a minute's work, not everything since the start.
-MANIFEST_EVERY_S = 60.0
-
-
 @dataclass
 class ManifestRecord:
     """The committed shards' counts as tasks report them, written to the manifest now and then."""
@@ -141,16 +136,15 @@ class ManifestRecord:
     output: str
     num_planned: int
     counts: dict[str, int]
-    written_at: float = field(default_factory=time.monotonic)
+    clock: RecordClock = field(default_factory=RecordClock)
 
     def add(self, result: dict) -> None:
         if result["status"] in ("written", "skipped"):
             self.counts[result["shard"]] = result["num_samples"]
-        if time.monotonic() - self.written_at >= MANIFEST_EVERY_S:
+        if self.clock.due():
             self.write()
 
     def write(self) -> dict:
-        self.written_at = time.monotonic()
         return write_manifest(self.output, self.num_planned, self.counts)
 
 
