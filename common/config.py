@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import io
 import logging
+import shutil
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any, TypeVar
@@ -114,27 +120,110 @@ def _set_dotted(values: dict, dotted: str, value: Any) -> None:
     values[leaf] = value
 
 
+@functools.cache
+def _line_comments(cls: type) -> dict[str, str]:
+    """Each field's comment on its own line (`name: int = 3  # what it is`): the help of fields that
+    carry no `help` metadata, so the text a reader of the code sees is the text `--help` shows."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen build): help shows defaults only
+        return {}
+    comments, names = {}, set(_field_types(cls))
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            line = token.line
+            name = line.split(":", 1)[0].strip()
+            if name in names and not line.lstrip().startswith("#"):
+                comments[name] = token.string.lstrip("#").strip()
+    return comments
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _shown(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return "required"
+    if isinstance(value, (tuple, list)):
+        return "default: " + (",".join(map(str, value)) or "empty")
+    return f"default: {value!r}" if value == "" else f"default: {value}"
+
+
+def _help(cls: type, f: dataclasses.Field) -> str:
+    text = f.metadata.get("help") or _line_comments(cls).get(f.name, "")
+    return f"{text} ({_shown(_default(f))})" if text else f"({_shown(_default(f))})"
+
+
+def _nested_keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, help) for every field under a section (a dataclass-typed field), depth first."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        kind = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys += _nested_keys(kind, f"{prefix}{f.name}.")
+        elif prefix:
+            keys.append((prefix + f.name, _help(cls, f)))
+    return keys
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout, with the epilog (the sections' keys) kept as laid out."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith(_SECTIONS_HEADING):
+            return text
+        return super()._fill_text(text, width, indent)
+
+
+_SECTIONS_HEADING = "keys in sections"
+
+
+def _sections_epilog(cls: type) -> str | None:
+    keys = _nested_keys(cls)
+    if not keys:
+        return None
+    column = min(max(len(k) for k, _ in keys) + 4, 36)
+    width = max(shutil.get_terminal_size().columns - 2, column + 40)  # as argparse wraps the flags' help
+    lines = [f"{_SECTIONS_HEADING} (give them as section.key=value, or under section: in --config YAML):"]
+    for key, text in keys:
+        wrapped = textwrap.wrap(text, width - column) or [""]
+        first = f"  {key}".ljust(column) if len(key) + 4 <= column else f"  {key}\n" + " " * column
+        lines.append(first + wrapped[0])
+        lines += [" " * column + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "",
                  profiles: dict[str, str] | None = None) -> T:
     """Parse `--config FILE.yaml`, `--flag value` for top-level fields and `key.sub=value` overrides.
 
     profiles: name -> YAML file; `--profile NAME` (or `--NAME`) lays its values under the user's.
+    `--help` lists every key with its default (or "required"); `--print-config` prints the config the
+    job would run with, as YAML `--config` reads, and exits.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
-    parser.add_argument("--config", help="YAML file with any of the fields below")
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter,
+                                     epilog=_sections_epilog(cls))
+    parser.add_argument("--config", help="YAML file with any of the keys here")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML (what --config reads) and exit")
     for name, path in (profiles or {}).items():
         parser.add_argument(f"--{name}", dest="profile", action="store_const", const=name,
                             help=f"the {name} profile ({path}); values you give win over it")
     if profiles:
         parser.add_argument("--profile", choices=sorted(profiles), help="a profile by name")
     for f in dataclasses.fields(cls):
-        help_text = f.metadata.get("help", "")
         kind = _field_types(cls)[f.name]
         if dataclasses.is_dataclass(kind):
             continue
         # a bare `--flag` means true for booleans; `--flag false` still works
         extra = {"nargs": "?", "const": "true"} if kind is bool else {}
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=help_text, **extra)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            help=_help(cls, f).replace("%", "%%"), **extra)
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
     values: dict[str, Any] = _read_yaml(profiles[args.profile]) if getattr(args, "profile", None) else {}
@@ -149,7 +238,20 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         _set_dotted(values, key, yaml.safe_load(value) if value else "")
-    return build_config(cls, values)
+    config = build_config(cls, values)
+    if args.print_config:
+        print(yaml.safe_dump(_plain(dataclasses.asdict(config)), sort_keys=False), end="")
+        sys.exit(0)
+    return config
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists: YAML `--config` reads back what `--print-config` writes."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def job_config(cls: type[T], argv: list[str] | None, doc: str, profiles: dict[str, str] | None = None) -> T | None:

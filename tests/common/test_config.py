@@ -85,3 +85,55 @@ def test_the_main_jobs_quick_profile_never_overwrites_the_user():
     mine = parse_config(MainConfig, ["--quick", "--num-train", "100", "--teacher-epochs", "2"], profiles=PROFILES)
     assert (mine.num_train, mine.teacher_epochs, mine.num_val) == (100, 2, quick.num_val)
     assert parse_config(MainConfig, [], profiles=PROFILES).teacher_epochs == 12
+
+
+def _every_key(cls, prefix=""):
+    """(dotted key, its default as help shows it) for every leaf field of a config tree."""
+    from common.config import _default, _field_types, _shown
+
+    for f in dataclasses.fields(cls):
+        kind = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _every_key(kind, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, _shown(_default(f))
+
+
+def _job_configs():
+    from pipelines.embed import EmbedConfig
+    from pipelines.evaluate import EvalConfig
+    from pipelines.main import MainConfig
+    from pipelines.segment import SegmentConfig
+    from trainer.config import TrainConfig
+
+    return [ShardConfig, EmbedConfig, EvalConfig, SegmentConfig, MainConfig, TrainConfig]
+
+
+@pytest.mark.parametrize("cls", _job_configs(), ids=lambda c: c.__name__)
+def test_help_lists_every_key_with_its_default(cls, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per key: argparse wraps at hyphens too
+    with pytest.raises(SystemExit) as exited:
+        parse_config(cls, ["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out.split("options:", 1)[1]  # past the usage line, which names flags too
+    keys = list(_every_key(cls))
+    assert len(keys) >= 5
+    for key, shown in keys:
+        flag = key if "." in key else "--" + key.replace("_", "-")
+        lines = text.splitlines()
+        at = next((i for i, ln in enumerate(lines) if ln.split()[:1] == [flag]), None)
+        assert at is not None, f"{flag} is not in --help"
+        entry = lines[at] + " ".join(ln for ln in lines[at + 1:at + 2] if ln.startswith(" " * 8))  # help may start below
+        assert entry.rstrip().endswith(f"({shown})"), entry
+    if any("." in k for k, _ in keys):
+        assert "section.key=value" in text
+
+
+def test_print_config_writes_yaml_that_config_reads_back(tmp_path, capsys):
+    argv = ["--input", "a", "--output", "b", "--image-size", "96", "extensions=jpg,png"]
+    with pytest.raises(SystemExit) as exited:
+        parse_config(ShardConfig, argv + ["--print-config"])
+    assert exited.value.code == 0
+    saved = tmp_path / "c.yaml"
+    saved.write_text(capsys.readouterr().out)
+    assert parse_config(ShardConfig, ["--config", str(saved)]) == parse_config(ShardConfig, argv)
