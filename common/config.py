@@ -171,6 +171,13 @@ def _nested_keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     return keys
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line in one line (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (--help lists every flag)\n")
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """argparse's layout, with the epilog (the sections' keys) kept as laid out."""
 
@@ -206,7 +213,7 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     `--help` lists every key with its default (or "required"); `--print-config` prints the config the
     job would run with, as YAML `--config` reads, and exits.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter,
+    parser = _Parser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter,
                                      epilog=_sections_epilog(cls))
     parser.add_argument("--config", help="YAML file with any of the keys here")
     parser.add_argument("--print-config", action="store_true",

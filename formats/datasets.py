@@ -21,6 +21,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from common.config import ConfigError
 from common.storage import filesystem, join
 from model.metrics import IGNORE_INDEX
 
@@ -82,7 +83,7 @@ class FolderLayout:
             relative = path[len(image_root) + 1 : -len(suffix)]  # "frankfurt/frankfurt_000000_000294"
             found.append(_Entry(relative.rsplit("/", 1)[-1], path, join(mask_root, relative + self.mask_suffix)))
         if not found:
-            raise FileNotFoundError(f"no images ending in {self.image_suffixes} under {image_root}")
+            raise ConfigError(f"no images ending in {', '.join(self.image_suffixes)} under {image_root}")
         return sorted(found, key=lambda e: e.name)
 
 
@@ -177,11 +178,16 @@ class EvalDataset:
 
     def __init__(self, spec: DatasetSpec, root: str, split: str = "val"):
         self.fs, self.root = filesystem(root)
-        raw_names = (_read_lines((CLASSES_DIR / spec.classes_file).read_bytes()) if spec.classes_file
-                     else _read_lines(self.fs.cat_file(join(self.root, "classes.txt"))))
+        if not self.fs.isdir(self.root):
+            raise ConfigError(f"dataset root {root} not found")
+        try:  # a user's layout mistake is one line: the file the layout expects and did not find
+            raw_names = (_read_lines((CLASSES_DIR / spec.classes_file).read_bytes()) if spec.classes_file
+                         else _read_lines(self.fs.cat_file(join(self.root, "classes.txt"))))
+            self._entries = spec.layout.entries(self.fs, self.root, split)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{root} is not in the layout of this dataset: {e.filename or e} not found") from None
         self.class_names: list[str] = _class_names(spec, raw_names)
         self._lut = label_lut(spec, len(raw_names))
-        self._entries = spec.layout.entries(self.fs, self.root, split)
         self.names: list[str] = [e.name for e in self._entries]
 
     def __len__(self) -> int:
@@ -205,7 +211,7 @@ def open_dataset(name: str, root: str, split: str = "val") -> EvalDataset:
     "generic" holds one split per folder, so its `root` is the split's folder and `split` is unused.
     """
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return EvalDataset(DATASETS[name], root, split)
 
 

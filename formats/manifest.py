@@ -7,6 +7,7 @@ without opening any tar).
 
 from __future__ import annotations
 
+from common.config import ConfigError
 from common.storage import filesystem, join, read_json, write_json_atomic
 from formats.shards import read_stats_of, tar_name
 
@@ -41,9 +42,18 @@ def committed_counts(output: str, names: list[str], recorded: dict[str, int]) ->
     return {n: recorded[n] if n in recorded else unrecorded[n]["num_samples"] for n in names}
 
 
-def read_manifest(dataset: str) -> dict:
+def check_dataset(dataset: str) -> str:
+    """The path of `dataset`'s manifest; a ConfigError (one line for the user) when there is none."""
     fs, root = filesystem(dataset)
-    return read_json(fs, join(root, MANIFEST))
+    path = join(root, MANIFEST)
+    if not fs.exists(path):
+        raise ConfigError(f"{dataset} holds no shards: no {MANIFEST} there (pipelines/shard.py writes it)")
+    return path
+
+
+def read_manifest(dataset: str) -> dict:
+    fs, _ = filesystem(dataset)
+    return read_json(fs, check_dataset(dataset))
 
 
 def shard_counts(manifest: dict) -> dict[str, int]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from common.config import ConfigError
 from common.storage import filesystem, write_bytes_atomic
 from model.network import NetworkConfig, SegNet, build_network
 
@@ -38,11 +39,17 @@ def save_model(url: str, net: SegNet, teacher: dict[str, Any], prototypes: dict[
 def load_model(url: str, device: str | torch.device = "cpu") -> tuple[SegNet, dict[str, Any]]:
     """The network in eval mode and the file's metadata (teacher, prototypes, extra)."""
     fs, path = filesystem(url)
+    if not fs.isfile(path):
+        raise ConfigError(f"model file {url} not found")
     with fs.open(path, "rb") as fh:
-        payload = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{url} is not a model file of format {FORMAT_VERSION} "
-                         f"(got {payload.get('format_version')!r}); export it with trainer.export")
+        try:
+            payload = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=False)
+        except Exception as e:  # pickle, zip and torch's own errors alike: the file is no model file
+            raise ConfigError(f"{url} is not a model file ({type(e).__name__}); trainer.export writes them") from None
+    found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+    if found != FORMAT_VERSION:
+        raise ConfigError(f"{url} is not a model file of format {FORMAT_VERSION} (got {found!r}); "
+                          "export it with trainer.export")
     net = build_network(NetworkConfig(**payload["network_config"]))
     net.load_state_dict(payload["state_dict"])
     return net.to(device).eval(), {k: payload[k] for k in ("teacher", "prototypes", "extra")}

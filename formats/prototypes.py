@@ -13,6 +13,7 @@ import io
 
 import torch
 
+from common.config import ConfigError
 from common.storage import filesystem, join, write_bytes_atomic
 from model.prototypes import SemanticTargets
 
@@ -22,10 +23,14 @@ PROTOTYPES = "prototypes.pt"
 def read_class_names(url: str) -> list[str]:
     """One class name a line; blank lines and `#` comments skipped."""
     fs, path = filesystem(url)
+    if not fs.isfile(path):
+        raise ConfigError(f"class names file {url} not found")
     lines = fs.cat_file(path).decode().splitlines()
     names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if len(set(names)) != len(names):
-        raise ValueError(f"{url}: class names repeat")
+        raise ConfigError(f"{url}: class names repeat")
+    if not names:
+        raise ConfigError(f"{url} names no class")
     return names
 
 

@@ -180,8 +180,12 @@ def shard_parts(stats: dict) -> list[str]:
 
 
 def read_embed_manifest(output: str) -> dict:
+    """The embed job's manifest of `output`; a ConfigError (one line for the user) when there is none."""
     fs, root = filesystem(output)
-    return read_json(fs, join(root, EMBED_MANIFEST))
+    path = join(root, EMBED_MANIFEST)
+    if not fs.exists(path):
+        raise ConfigError(f"{output} holds no CLIP sidecars: no {EMBED_MANIFEST} there (pipelines/embed.py writes it)")
+    return read_json(fs, path)
 
 
 def check_embed_manifest(output: str, manifest: dict) -> None:

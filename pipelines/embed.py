@@ -47,7 +47,7 @@ from formats.sidecar import (
     shard_parts,
     write_sidecar_index,
 )
-from formats.teacher_weights import load_teacher
+from formats.teacher_weights import check_teacher, load_teacher
 from model.clip_teacher import LAST_BLOCKS, PRECISIONS, TeacherConfig, auto_precision
 from model.prototypes import EXPLAIN_RULES
 from model.superpixels import SuperpixelConfig
@@ -143,7 +143,10 @@ def storage_report(output: str, parts: list[str], num_samples: int) -> str:
 
 
 def run(cfg: EmbedConfig) -> dict:
-    init_ray(cfg.num_cpus or None)
+    # the user's inputs first: a mistake is one line, with no cluster started and nothing written
+    shards = shard_counts(read_manifest(cfg.input))
+    names = read_class_names(cfg.classes) if cfg.classes else []
+    check_teacher(cfg.clip_model, cfg.clip_pretrained)
     teacher = load_teacher(cfg.teacher())  # on the driver's CPU: text prototypes and the manifest's facts
     image_size = cfg.image_size or teacher.image_size
     manifest = {
@@ -152,10 +155,9 @@ def run(cfg: EmbedConfig) -> dict:
         "grid": image_size // teacher.patch_size, "embed_dim": teacher.embed_dim, "storage": cfg.storage,
         "chunk_size": cfg.chunk_size, "superpixels": superpixel_settings(cfg.superpixels), "input": cfg.input,
     }
-    names = read_class_names(cfg.classes) if cfg.classes else []
     manifest["classes"] = names  # prototypes are built once: other names need another output
     check_embed_manifest(cfg.output, manifest)
-    shards = shard_counts(read_manifest(cfg.input))
+    init_ray(cfg.num_cpus or None)
     recorded = recorded_shard_stats(cfg.output)
     done_before = set(committed_names(cfg.output, list(shards), known=recorded))  # the index's, one listing for the rest
     pending = [name for name in shards if name not in done_before]

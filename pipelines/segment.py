@@ -27,12 +27,13 @@ if not __package__:
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
+from tqdm import tqdm
 
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
-from common.storage import filesystem, join, write_bytes_atomic
+from common.storage import filesystem, join, write_bytes_atomic, write_json_atomic
 from formats.datasets import Sample
 from formats.images import INPUT_EXTENSIONS
 from formats.prototypes import upgrade
@@ -41,9 +42,19 @@ from model.inference import Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import compose, encode_png, overlay_image
-from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
+from pipelines.inference.predict import (
+    Loaded,
+    Mapper,
+    ModelSpec,
+    RayMapper,
+    SampleWork,
+    UnreadableImage,
+    gather_samples,
+)
 
 log = logging.getLogger("segment")
+LABELS = "labels.json"  # label index -> class name, for every NAME_labels.png
+UNREADABLE = "unreadable.json"  # image name -> why it was skipped
 
 # ---------------------------------------------------------------- the segment job
 
@@ -59,7 +70,7 @@ def list_images(location: str) -> list[str]:
         found = [path]
     urls = sorted(fs.unstrip_protocol(p) for p in found if p.lower().endswith(INPUT_EXTENSIONS))
     if not urls:
-        raise FileNotFoundError(f"no images ending in {INPUT_EXTENSIONS} at {location}")
+        raise ConfigError(f"no images ({', '.join(INPUT_EXTENSIONS)}) at {location}")
     return urls
 
 
@@ -76,15 +87,20 @@ class FileSource:
     def __post_init__(self):
         stems = [_stem(u) for u in self.urls]
         if len(set(stems)) != len(stems):
-            raise ValueError("two images share a file name; outputs are named after it")
+            twice = sorted({s for s in stems if stems.count(s) > 1})[0]
+            raise ConfigError(f"two images are named {twice}: outputs are named after the file, give them other names")
 
     def __len__(self) -> int:
         return len(self.urls)
 
     def __getitem__(self, index: int) -> Sample:
         fs, path = filesystem(self.urls[index])
-        with Image.open(io.BytesIO(fs.cat_file(path))) as img:
-            image = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(io.BytesIO(fs.cat_file(path))) as img:
+                # upright as a viewer shows it (the shard job applies EXIF orientation too)
+                image = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, empty, not an image
+            raise UnreadableImage(f"{type(e).__name__}: {e}") from None
         return Sample(_stem(path), image, np.full(image.shape[:2], IGNORE_INDEX, np.uint8))
 
 
@@ -99,13 +115,17 @@ class SegmentWork:
     options: InferenceOptions
 
     def __call__(self, models: dict[str, nn.Module], row: dict[str, Any]) -> dict[str, Any]:
-        sample = self.source[int(row["index"])]
+        index = int(row["index"])
+        try:
+            sample = self.source[index]
+        except UnreadableImage as e:
+            return {"name": _stem(self.source.urls[index]), "error": str(e)}
         labels = predict(models, {"labels": self.head}, sample.image, self.options)["labels"]
         picture = compose([("", overlay_image(sample.image, labels))], self.names, np.unique(labels))
         fs, root = filesystem(self.output)
         write_bytes_atomic(fs, join(root, f"{sample.name}_labels.png"), encode_png(labels))
         write_bytes_atomic(fs, join(root, f"{sample.name}_overlay.png"), encode_png(picture))
-        return {"name": sample.name}
+        return {"name": sample.name, "error": ""}
 
 
 @dataclass(frozen=True)
@@ -171,28 +191,44 @@ MODES = {"prompts": _prompt_head, "classfree": _classfree_head, "unsupervised": 
 
 
 def run(cfg: SegmentConfig, mapper: Mapper | None = None) -> list[str]:
-    """Label every image; returns the names written. `mapper` defaults to a Ray Data job."""
+    """Label every readable image; returns the names written. `mapper` defaults to a Ray Data job.
+
+    The images are listed and the model loaded before Ray starts: a wrong path is one line."""
     spec = ModelSpec(cfg.checkpoint, cfg.clip_model, cfg.clip_pretrained, cfg.seed)
+    source = FileSource(list_images(cfg.images))
+    loaded, method = spec.load(), spec.main_method  # on the driver: text prompts and stored prototypes
     if mapper is None:
         init_ray(cfg.num_cpus or None)
         mapper = RayMapper(spec, cfg.num_workers)
-    source = FileSource(list_images(cfg.images))
-    loaded, method = spec.load(), spec.main_method  # on the driver: text prompts and stored prototypes
     options = InferenceOptions(cfg.window, cfg.scales)
 
     def fit() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         work = SampleWork({"images": source}, (method,), cfg.num_per_image, options, cfg.seed)
         rows = [{"part": "images", "index": i} for i in range(len(source))]
-        return gather_samples(mapper(rows, (method,), work), cfg.max_fit_pixels, cfg.seed)["images"]
+        fitted = gather_samples(tqdm(mapper(rows, (method,), work), total=len(rows), desc="fit", unit="img"),
+                                cfg.max_fit_pixels, cfg.seed)
+        if "images" not in fitted:
+            raise ConfigError(f"none of the {len(source)} images at {cfg.images} could be read")
+        return fitted["images"]
 
     head, names = MODES[cfg.mode](cfg, loaded, method, fit)
     fs, root = filesystem(cfg.output)
     fs.makedirs(root, exist_ok=True)
+    write_json_atomic(fs, join(root, LABELS), {"mode": cfg.mode, "classes": dict(enumerate(names))})
     started = time.time()
     work = SegmentWork(source, head, names, cfg.output, options)
-    written = [str(r["name"]) for r in mapper([{"index": i} for i in range(len(source))], (method,), work)]
+    rows = [{"index": i} for i in range(len(source))]
+    results = list(tqdm(mapper(rows, (method,), work), total=len(rows), desc="segment", unit="img"))
+    written = [str(r["name"]) for r in results if not r["error"]]
+    unreadable = {str(r["name"]): str(r["error"]) for r in results if r["error"]}
+    if unreadable:
+        write_json_atomic(fs, join(root, UNREADABLE), unreadable)
     print(f"segmented {len(written)} images into {len(names)} classes ({cfg.mode}) in "
-          f"{time.time() - started:.1f} s -> {cfg.output}")
+          f"{time.time() - started:.1f} s -> {cfg.output} (label index -> class: {LABELS})")
+    for name, error in sorted(unreadable.items()):
+        print(f"  skipped {name}: {error}")
+    if unreadable:
+        print(f"{len(unreadable)} unreadable images skipped, listed in {UNREADABLE}")
     return written
 
 
@@ -200,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = job_config(SegmentConfig, argv, __doc__)
     if cfg is None:
         return 2
-    run(cfg)
+    try:
+        run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -26,6 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from common.storage import arrow_filesystem, filesystem, join, read_json
+from formats.manifest import check_dataset
 from formats.sidecar import read_embed_manifest
 from trainer.config import TrainConfig
 from trainer.loop import LAYOUT, LoopInputs, layout_mismatch, train_loop
@@ -69,6 +70,7 @@ def check_resumable(cfg: TrainConfig) -> None:
 
 def run(cfg: TrainConfig) -> ray.train.Result:
     check_resumable(cfg)
+    check_dataset(cfg.data.shards)  # here, as one line, not as every worker's traceback once Ray is up
     embedded = read_embed_manifest(cfg.data.clip)
     if embedded["random_init"]:
         logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)

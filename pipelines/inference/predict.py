@@ -18,10 +18,11 @@ from torch import nn
 from common.config import ConfigError
 from common.ray_utils import cluster_cpus
 from formats.model_file import load_model
-from formats.teacher_weights import load_teacher
+from formats.teacher_weights import check_teacher, load_teacher
 from model.baselines import RawPixels, TeacherNet
 from model.clip_teacher import Teacher, TeacherConfig
 from model.inference import InferenceOptions, default_device, grid_samples, image_tensor, multiscale_outputs
+from model.metrics import IGNORE_INDEX
 from model.network import SegNet, build_network
 
 log = logging.getLogger("predict")
@@ -86,6 +87,7 @@ class ModelSpec:
         if self.checkpoint == TEACHER_ONLY:
             if not self.clip_model:
                 raise ConfigError("--checkpoint teacher needs --clip-model (and --clip-pretrained)")
+            check_teacher(self.clip_model, self.clip_pretrained)
             teacher = {"model": self.clip_model, "pretrained": self.clip_pretrained}
             return Loaded(None, {"teacher": teacher, "prototypes": {}, "extra": {}}, self.seed)
         if self.clip_model or self.clip_pretrained:
@@ -96,6 +98,10 @@ class ModelSpec:
     def build(self, methods: Iterable[str], device: str) -> dict[str, nn.Module]:
         loaded = self.load()
         return {m: METHODS[m](loaded).to(device).eval() for m in methods}
+
+
+class UnreadableImage(Exception):
+    """A source's image could not be read or decoded; the work skips it and the job lists it."""
 
 
 @dataclass
@@ -114,14 +120,18 @@ class SampleWork:
     @torch.no_grad()
     def __call__(self, models: dict[str, nn.Module], row: dict[str, Any]) -> dict[str, Any]:
         part, index = str(row["part"]), int(row["index"])
-        sample = self.sources[part][index]
-        x = image_tensor(sample.image, default_device())
-        result: dict[str, Any] = {"part": part}
+        try:
+            sample = self.sources[part][index]
+            image, mask, readable = sample.image, sample.mask, True
+        except UnreadableImage:  # rows keep one schema: a blank image's cells, dropped by gather_samples
+            image, mask, readable = np.zeros((64, 64, 3), np.uint8), np.full((64, 64), IGNORE_INDEX, np.uint8), False
+        x = image_tensor(image, default_device())
+        result: dict[str, Any] = {"part": part, "readable": readable}
         for m in self.methods:
             # the same cells for every network of equal stride, whichever actor draws them
             rng = np.random.default_rng([self.seed, index, sorted(self.sources).index(part)])
             out = multiscale_outputs(models[m], x, self.options)
-            result[f"emb/{m}"], result[f"lab/{m}"] = grid_samples(out, sample.mask, models[m].output_stride,
+            result[f"emb/{m}"], result[f"lab/{m}"] = grid_samples(out, mask, models[m].output_stride,
                                                                   self.num_per_image, rng)
         return result
 
@@ -131,7 +141,8 @@ def gather_samples(results: Iterable[dict[str, Any]], max_per_part: int, seed: i
     """part -> method -> (embeddings [N, E], labels [N]) from SampleWork rows, at most `max_per_part` (seeded)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        rows.setdefault(str(r["part"]), []).append(r)
+        if bool(r["readable"]):
+            rows.setdefault(str(r["part"]), []).append(r)
     out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for part, items in rows.items():
         methods = [k[4:] for k in items[0] if k.startswith("emb/")]

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from common.config import ConfigError
 from common.storage import filesystem
 
 LIST_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
@@ -52,14 +53,35 @@ class Segment:
     skip: int = 0  # text: lines to pass over from there
 
 
-def scan(path: str) -> ListFile:
-    """The row count (and a text list's line index) of the list file at `path`."""
+def scan(path: str, url_col: str) -> ListFile:
+    """The row count (and a text list's line index) of the list file at `path`; a ConfigError when it
+    has no `url_col`, found from what the count reads anyway (parquet's footer, the header line), so
+    a list without its URL column stops the job at planning, not in every shard task."""
     fmt = list_format(path)
     fs, local = filesystem(path)
     with fs.open(local, "rb") as fh:
         if fmt == "parquet":
-            return ListFile(path, fmt, pq.ParquetFile(fh).metadata.num_rows)
+            parquet = pq.ParquetFile(fh)
+            _check_column(path, url_col, parquet.schema_arrow.names)
+            return ListFile(path, fmt, parquet.metadata.num_rows)
+        first = fh.readline()
+        if fmt in ("csv", "tsv"):
+            _check_column(path, url_col, [c.strip().strip('"') for c in
+                                          first.decode("utf-8-sig", "replace").rstrip("\r\n").split("\t" if fmt == "tsv" else ",")])
+        elif fmt == "jsonl" and first.strip():
+            try:
+                record = json.loads(first)
+            except ValueError:
+                raise ConfigError(f"{path}: its first line is not JSON") from None
+            _check_column(path, url_col, list(record) if isinstance(record, dict) else [])
+        fh.seek(0)
         return ListFile(path, fmt, *_count_lines(fh, header=fmt in ("csv", "tsv")))
+
+
+def _check_column(path: str, url_col: str, columns: list[str]) -> None:
+    if url_col not in columns:
+        raise ConfigError(f"{path} has no column {url_col!r} (columns: {', '.join(columns) or 'none'}); "
+                          "name the URL column with --url-col")
 
 
 def _count_lines(fh, header: bool) -> tuple[int, tuple[int, ...]]:

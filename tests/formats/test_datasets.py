@@ -10,6 +10,7 @@ import pytest
 import s3fs
 from PIL import Image
 
+from common.config import ConfigError
 from demo import synth
 from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, class_names, open_dataset, seen_mask
 
@@ -51,7 +52,7 @@ def test_every_registered_dataset_has_its_class_count(name, num_classes):
 def test_registry_holds_exactly_the_protocols():
     assert set(DATASETS) == {"voc20", "voc21", "context59", "context60", "cocostuff171", "cocostuff27",
                              "cityscapes19", "cityscapes27", "generic"}
-    with pytest.raises(KeyError, match="unknown dataset"):
+    with pytest.raises(ConfigError, match="unknown dataset"):
         open_dataset("voc", "/nowhere")
     with pytest.raises(ValueError, match="classes.txt"):
         class_names("generic")

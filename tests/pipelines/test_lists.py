@@ -40,7 +40,7 @@ def test_any_row_range_reads_back_what_was_written(tmp_path, small_index, fmt):
     rows = [(f"http://h/{i}.jpg", f"a caption, {i}") for i in range(40)]
     path = tmp_path / f"urls.{fmt}"
     write_list(path, fmt, rows)
-    listed = scan(str(path))
+    listed = scan(str(path), "url")
     assert listed.num_rows == 40
     if fmt != "parquet":
         assert len(listed.line_offsets) == 6  # rows 0, 7, ..., 35

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import numpy as np
 import pytest
@@ -126,6 +127,32 @@ def test_a_vocabulary_names_the_unknown_classes_and_test_names_decide_what_is_kn
     assert as_names.candidates == [[], []] and as_names.names[2:] == ["unknown-0", "unknown-1"]
 
 
+def test_unreadable_images_are_skipped_and_listed_the_rest_written_upright(checkpoint, images, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in images.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    whole = (images / "000001.jpg").read_bytes()
+    (folder / "000001.jpg").write_bytes(whole[: len(whole) // 3])  # truncated
+    (folder / "empty.png").write_bytes(b"")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated a quarter turn: the 64x40 file is 40 wide, 64 high on screen
+    Image.new("RGB", (64, 40), (200, 30, 30)).save(folder / "turned.jpg", exif=exif)
+    for mode in (["--unsupervised", "3"], ["--prompts", "cat,grass,sky"]):
+        out = tmp_path / mode[0].strip("-")
+        cfg = SegmentConfig(checkpoint=checkpoint, images=str(folder), output=str(out),
+                            **{mode[0].strip("-"): int(mode[1]) if mode[1].isdigit() else tuple(mode[1].split(","))})
+        assert run(cfg, LocalMapper(ModelSpec(checkpoint))) == ["000000", "000002", "turned"]
+        printed = capsys.readouterr().out
+        assert "skipped 000001:" in printed and "skipped empty:" in printed
+        unreadable = json.loads((out / "unreadable.json").read_text())
+        assert sorted(unreadable) == ["000001", "empty"] and all(unreadable.values())
+        assert not (out / "000001_labels.png").exists()
+        assert np.asarray(Image.open(out / "turned_labels.png")).shape == (64, 40)
+        classes = json.loads((out / "labels.json").read_text())["classes"]
+        assert len(classes) == 3 and classes["0"] in ("cluster-0", "cat")
+
+
 @pytest.mark.slow
 def test_prompts_on_a_folder_and_clusters_on_s3_through_ray(ray_local, checkpoint, images, tmp_path, s3_bucket):
     out = tmp_path / "out"
@@ -145,6 +172,6 @@ def test_prompts_on_a_folder_and_clusters_on_s3_through_ray(ray_local, checkpoin
     fs.invalidate_cache()
     written = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket[5:]}/out"))
     names = ("000000", "000001", "000002")
-    assert written == sorted(f"{n}_{kind}.png" for n in names for kind in ("labels", "overlay"))
+    assert written == sorted([f"{n}_{kind}.png" for n in names for kind in ("labels", "overlay")] + ["labels.json"])
     labels = np.asarray(Image.open(io.BytesIO(fs.cat(f"{s3_bucket[5:]}/out/000001_labels.png"))))
     assert labels.shape == (64, 64) and set(np.unique(labels)) <= {0, 1, 2}
