@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import inspect
 import io
-import logging
 import shutil
 import sys
 import textwrap
@@ -25,6 +24,8 @@ import typing
 from typing import Any, TypeVar
 
 import yaml
+
+from common import logs
 
 T = TypeVar("T")
 
@@ -171,6 +172,14 @@ def _nested_keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
     return keys
 
 
+def _log_level_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info", type=str.lower,
+                        help="the job's own lines from this level; other libraries' (Ray, open_clip) from "
+                             "warning, all of them at debug (default: info)")
+    return parser
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a mistake on the command line in one line (argparse prints its usage first)."""
 
@@ -213,7 +222,7 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     `--help` lists every key with its default (or "required"); `--print-config` prints the config the
     job would run with, as YAML `--config` reads, and exits.
     """
-    parser = _Parser(description=description, allow_abbrev=False, formatter_class=_HelpFormatter,
+    parser = _Parser(description=description, allow_abbrev=False, parents=[_log_level_parser()], formatter_class=_HelpFormatter,
                                      epilog=_sections_epilog(cls))
     parser.add_argument("--config", help="YAML file with any of the keys here")
     parser.add_argument("--print-config", action="store_true",
@@ -264,7 +273,8 @@ def _plain(value: Any) -> Any:
 def job_config(cls: type[T], argv: list[str] | None, doc: str, profiles: dict[str, str] | None = None) -> T | None:
     """A job's start: logging on, then its config from the command line; None (after one line on
     stderr) when the config is wrong, so `main` returns exit status 2 before any work starts."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    known, _ = _log_level_parser().parse_known_args(argv)
+    logs.configure(known.log_level)
     try:
         return parse_config(cls, argv, description=" ".join(doc.split("\n\n")[0].split()), profiles=profiles)
     except ConfigError as e:

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
+from common import logs
+
 log = logging.getLogger(__name__)
 
 
@@ -20,6 +22,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Ray's usage statistics go to a remote server; opt in explicitly if you want them sent.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     joining = bool(os.environ.get("RAY_ADDRESS"))
+    logs.quiet_ray()
     with ThreadPoolExecutor(1) as pool:
         # ray.init mostly waits on the processes it spawns: Ray Data's imports (0.3 s) run meanwhile
         data_imported = pool.submit(importlib.import_module, "ray.data")
@@ -29,6 +32,7 @@ def init_ray(num_cpus: int | None = None) -> None:
             # A local run should not pay for the dashboard, and must not grab more cores than asked.
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
         data_imported.result()
+    logs.quiet_ray()  # and Ray Data's handler
     if not joining:
         # atexit runs the last registered first, so this goes before Ray's own exit hook, which
         # sleeps half a second for late log lines: every result is in hand by then.

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from pipelines import embed, evaluate, main as main_job, segment, shard
+from pipelines import embed, evaluate, segment, shard
+from pipelines import main as main_job
 from trainer import train
 
 JOBS: dict[str, Callable[[list[str]], int]] = {

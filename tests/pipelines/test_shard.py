@@ -17,6 +17,7 @@ import pytest
 import s3fs
 
 from bench.loopback_http import serve_folder
+from common.logs import RAY_NOTICES
 from demo.synth import write_corpus
 from formats.manifest import read_manifest
 from pipelines.shard import main as shard_main
@@ -335,6 +336,9 @@ def test_a_rerun_with_other_output_settings_is_refused_before_ray_starts(corpus,
                             "--samples-per-shard", "100", "--image-size", "32", "--num-cpus", "1"],
                            cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
+    # what a user reads: the job's lines and bar, none of Ray's per-start notices (common/logs.py)
+    assert not [n for n in RAY_NOTICES if n in first.stderr + first.stdout], first.stderr
+    assert "samples in dataset:" in first.stdout
     rerun = subprocess.run([sys.executable, "pipelines/shard.py", "--input", str(corpus), "--output", out,
                             "--samples-per-shard", "100", "--image-size", "64", "--num-cpus", "1"],
                            cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=300)

@@ -1,0 +1,52 @@
+"""What a job prints: its own log lines, warnings from everything else, and none of the notices Ray
+prints on every start. `--log-level debug` shows everything, Ray's and the libraries' included.
+
+Libraries that log on the root logger at INFO (open_clip: "Using default SimpleTokenizer", "Loaded
+... model config") and Ray's start-up and per-dataset notices are what a user of these jobs does
+not need; a warning from any of them still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+LEVELS = ("debug", "info", "warning", "error")
+# the project's loggers: its packages, and the jobs' own (named after the job when run as a file)
+OURS = ("common", "model", "formats", "pipelines", "trainer", "demo", "bench",
+        "shard", "embed", "evaluate", "segment", "main", "train")
+# Ray's notices on every start and every dataset: informative once, noise in each job's output
+RAY_NOTICES = ("Token authentication is enabled", "Started a local Ray instance", "Connecting to existing Ray",
+               "Progress bars disabled", "Starting execution of Dataset", "Execution plan of Dataset",
+               "execution finished in", "Registered dataset logger", "Connected to Ray cluster")
+
+_level = logging.INFO
+
+
+class _Ours(logging.Filter):
+    """Lines of the project's loggers at the job's level; other loggers' only from WARNING up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".")[0] in OURS or _level <= logging.DEBUG
+
+
+class _NoRayNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _level <= logging.DEBUG or not any(n in record.getMessage() for n in RAY_NOTICES)
+
+
+def configure(level: str = "info") -> None:
+    """The job's logging: one stderr handler at `level` for the project, WARNING for the rest."""
+    global _level
+    _level = getattr(logging, level.upper())
+    logging.basicConfig(level=_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Ours())
+
+
+def quiet_ray() -> None:
+    """Ray's console handlers (its own, not the root's) without its per-start notices; call after
+    `import ray` and again after `import ray.data`, which adds a handler of its own."""
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _NoRayNotices) for f in handler.filters):
+                handler.addFilter(_NoRayNotices())
