@@ -35,12 +35,17 @@ class _NoRayNotices(logging.Filter):
 
 
 def configure(level: str = "info") -> None:
-    """The job's logging: one stderr handler at `level` for the project, WARNING for the rest."""
+    """The job's logging: a stderr handler at `level` for the project, WARNING for the rest. As
+    `logging.basicConfig`, a process that set up its own handlers (pytest, a notebook) keeps them."""
     global _level
     _level = getattr(logging, level.upper())
-    logging.basicConfig(level=_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    root.setLevel(_level)
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         handler.addFilter(_Ours())
+        root.addHandler(handler)
 
 
 def quiet_ray() -> None:

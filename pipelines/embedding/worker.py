@@ -99,7 +99,8 @@ class ClipEmbedder:
         dense, pooled = [], []
         with self.model_lock, torch.inference_mode():
             for start in range(0, len(canvas), self.batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(canvas[start:start + self.batch_size]))
+                # a copy: Ray hands the block read-only, which torch warns of (a uint8 batch, a few MB)
+                x = torch.from_numpy(np.array(canvas[start:start + self.batch_size]))
                 if self.device == "cuda":  # uint8 from pinned memory: a quarter of float32's bytes, asynchronous
                     x = x.pin_memory().to(self.device, non_blocking=True)
                 x = x.permute(0, 3, 1, 2).float() / 255
