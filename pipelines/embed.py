@@ -29,9 +29,9 @@ if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray
-from tqdm import tqdm
 
 from common.config import ConfigError, job_config
+from common.progress import Progress
 from common.ray_utils import init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
@@ -183,16 +183,17 @@ def run(cfg: EmbedConfig) -> dict:
         pool = ray.data.ActorPoolStrategy(min_size=cfg.min_model_actors, max_size=cfg.max_model_actors or None,
                                           max_concurrent_calls_per_actor=CHUNKS_AT_ONCE,
                                           enable_true_multi_threading=True)
-        parts = chunks.map(ClipEmbedder, compute=pool, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
-                           fn_constructor_kwargs={
-                               "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
-                               "precision": cfg.precision, "spec": spec, "batch_size": cfg.batch_size,
-                               "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor})
         clock = RecordClock()
-        with tqdm(total=sum(shards[n] for n in pending), desc="images", unit="img") as bar:
+        with Progress(sum(shards[n] for n in pending), "images") as progress:
+            parts = chunks.map(ClipEmbedder, compute=pool, num_gpus=gpus, num_cpus=cfg.cpus_per_actor,
+                               fn_constructor_kwargs={
+                                   "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
+                                   "precision": cfg.precision, "spec": spec, "batch_size": cfg.batch_size,
+                                   "last_block": cfg.last_block, "num_threads": cfg.threads_per_actor,
+                                   "progress": progress.reporter()})
             for part in parts.iter_rows():
                 results.append(part)
-                bar.update(part["num_samples"] + part["num_failed"])
+                progress.done(part["num_samples"] + part["num_failed"])
                 if part["shard_stats"]:  # this part was its image shard's last: the shard is committed
                     by_shard[part["shard"]] = json.loads(part["shard_stats"])
                     if clock.due():

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
@@ -151,7 +152,8 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dic
         fit_methods = tuple(sorted({h.method for h in wanted.values() if h.kind in sources}))
         rows = [{"part": p, "index": i} for p, src in sources.items() for i in _first(len(src), cfg.max_images)]
         work = SampleWork(sources, fit_methods, cfg.num_per_image, options, cfg.seed)
-        samples = gather_samples(mapper(rows, fit_methods, work), cfg.max_fit_pixels, cfg.seed)
+        fitted = tqdm(mapper(rows, fit_methods, work), total=len(rows), desc="fit", unit="img")
+        samples = gather_samples(fitted, cfg.max_fit_pixels, cfg.seed)
     inputs = HeadInputs(cfg, data.class_names, seen, loaded, samples)
     return {key: Head(h.method, h.kind, HEAD_PARAMS[h.kind](inputs, h.method)) for key, h in wanted.items()}
 
@@ -236,8 +238,9 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     heads = fit_heads(cfg, data, seen, methods, loaded, mapper, options)
     work = ScoreWork(data, heads, options, panel_indices(len(indices), cfg.num_panels))
     all_methods = tuple(sorted({h.method for h in heads.values()}))
-    totals, panel_labels = score_images(mapper([{"index": i} for i in indices], all_methods, work), heads,
-                                        len(names))
+    scored = tqdm(mapper([{"index": i} for i in indices], all_methods, work), total=len(indices), desc="score",
+                  unit="img")
+    totals, panel_labels = score_images(scored, heads, len(names))
     results = {t: {m: TASKS[t].score(totals[f"{TASKS[t].head}/{m}"], names, seen) for m in methods[t]}
                for t in methods}
     report = json_safe({

@@ -25,9 +25,9 @@ if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray
-from tqdm import tqdm
 
 from common.config import ConfigError, job_config
+from common.progress import Progress
 from common.ray_utils import init_ray
 from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
 from formats.manifest import committed_counts, recorded_counts, write_manifest
@@ -157,14 +157,16 @@ def write_shards(plan: Plan, names: list[str], cfg: ShardConfig, spec: WorkerSpe
         return []
     shards = ray.data.from_items([{"name": n, "segments": [dataclasses.asdict(s) for s in plan.segments(n)]}
                                   for n in names], override_num_blocks=len(names))
-    written = shards.map(lambda row: process_shard(row["name"], [Segment(**s) for s in row["segments"]], spec, dedup),
-                         num_cpus=cfg.cpus_per_task, concurrency=cfg.max_tasks or None)
     results = []
-    with tqdm(total=sum(plan.shard_size(n) for n in names), desc="inputs", unit="img") as bar:
+    with Progress(sum(plan.shard_size(n) for n in names), "inputs") as progress:
+        reporter = progress.reporter()
+        written = shards.map(lambda row: process_shard(row["name"], [Segment(**s) for s in row["segments"]], spec,
+                                                       dedup, reporter),
+                             num_cpus=cfg.cpus_per_task, concurrency=cfg.max_tasks or None)
         for stats in written.iter_rows():
             results.append(stats)
             record.add(stats)
-            bar.update(stats["num_inputs"])
+            progress.done(stats["num_inputs"])
     return results
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import ray
 import torch
 
+from common.progress import Reporter
 from formats.images import ResizeSpec, configure_decoders
 from formats.shards import ShardWriter, is_committed, read_samples, tar_name
 from formats.sidecar import commit_shard, encode_sample, num_parts, part_name, sample_canvas
@@ -76,7 +77,7 @@ class ClipEmbedder:
     """A Ray Data actor: holds the teacher once, embeds a chunk in batches and publishes its part."""
 
     def __init__(self, clip_model: str, clip_pretrained: str, precision: str, spec: EmbedSpec, batch_size: int,
-                 last_block: str, num_threads: int):
+                 last_block: str, num_threads: int, progress: Reporter | None = None):
         # where the model runs decides its device and an "auto" precision, not the driver
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         teacher = TeacherConfig(clip_model, clip_pretrained, auto_precision(precision, self.device))
@@ -93,6 +94,7 @@ class ClipEmbedder:
         self.teacher = load_teacher(teacher, self.device) if spec.storage != "none" else None
         self.spec, self.batch_size, self.last_block = spec, batch_size, last_block
         self.model_lock = threading.Lock()  # chunks come CHUNKS_AT_ONCE at a time; the model takes one
+        self.progress = progress  # hears of each batch as the model finishes it
 
     def embed(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, S, S, 3] -> dense [N, D, g, g] and global [N, D], float32 numpy."""
@@ -107,6 +109,8 @@ class ClipEmbedder:
                 d, g = dense_and_global(self.teacher, self.teacher.normalise(x), self.last_block)
                 dense.append(d.float().cpu().numpy())
                 pooled.append(g.float().cpu().numpy())
+                if self.progress:
+                    self.progress.add(len(x))
         return np.concatenate(dense), np.concatenate(pooled)
 
     def __call__(self, chunk: dict) -> dict:
@@ -116,6 +120,9 @@ class ClipEmbedder:
         dense = pooled = [None] * len(keys)
         if keys and self.teacher:
             dense, pooled = self.embed(chunk["canvas"])
+        if self.progress:  # what embed() did not count: superpixels-only samples, and the failures
+            self.progress.add((0 if self.teacher else len(keys)) + len(chunk["failures"]))
+            self.progress.flush()
         writer = ShardWriter(self.spec.output, name)
         try:
             for i, key in enumerate(keys):

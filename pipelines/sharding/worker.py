@@ -17,6 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from common.progress import Reporter
 from formats.images import ImageRejected, ResizeSpec, configure_decoders, process_image
 from formats.shards import ShardWriter, is_committed, read_stats
 from pipelines.sharding.dedup import DedupFailed
@@ -64,7 +65,7 @@ def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaph
     return record, image
 
 
-def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup) -> dict:
+def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup, progress: Reporter | None) -> dict:
     rows = [row for seg in segments for row in read_rows(seg, spec.url_col, spec.caption_col)]
     for i, row in enumerate(rows):
         row["key"] = f"{name}{i:0{spec.key_digits}d}"
@@ -77,6 +78,8 @@ def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup) ->
             for row, (record, image) in zip(rows, pool.map(lambda r: _load_one(r, spec, dedup, decode_slots), rows)):
                 record["key"] = row["key"]
                 reasons[record["status"]] += 1
+                if progress:
+                    progress.add()
                 writer.add_ledger_row(record)
                 if image is not None:
                     meta = {k: record[k] for k in ("key", "location", "sha256", "width", "height",
@@ -95,18 +98,22 @@ def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup) ->
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if progress:
+            progress.flush()
     return stats
 
 
-def process_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup=None) -> dict:
+def process_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup=None,
+                  progress: Reporter | None = None) -> dict:
     """Write shard `name` (the input rows of `segments`, the plan's) unless already committed; returns
-    its stats with a `status` field."""
+    its stats with a `status` field. `progress` hears of each input as it is written."""
     configure_decoders(spec.resize.max_image_pixels)
     if is_committed(spec.output, name):
         return {**read_stats(spec.output, name), "status": "skipped"}
     for attempt in range(spec.shard_retries + 1):
         try:
-            return {**_write_shard(name, segments, spec, dedup), "status": "written"}
+            return {**_write_shard(name, segments, spec, dedup, progress), "status": "written"}
         except Exception as e:  # storage hiccups: the shard is redone whole, never half-published
             log.warning("shard %s attempt %d failed: %s", name, attempt + 1, e)
             error = f"{type(e).__name__}: {e}"

@@ -3,7 +3,9 @@ int8 storage, bad samples, reruns, S3, a checkpoint through --clip-pretrained, a
 
 import io
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import progress
 from common.config import ConfigError
 from demo.synth import CLASSES, write_corpus
 from formats.prototypes import load_prototypes
@@ -90,6 +93,16 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
         embed.run(embed_cfg(shards_url, out, storage="int8", classes=str(root / "classes.txt")))
     with pytest.raises(ConfigError, match="classes"):  # prototypes of other names need another output
         embed.run(embed_cfg(shards_url, out))
+
+
+def test_progress_moves_per_batch_not_per_part(shards, monkeypatch, caplog):
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    caplog.set_level(logging.DEBUG, logger="common.progress")
+    root, shards_url = shards
+    embed.run(embed_cfg(shards_url, str(root / "clip_progress"), num_unknown=0))
+    reported = re.search(r"images: (\d+) items reported by workers in (\d+) reports", caplog.text)
+    # 3 shards of 4 in chunks of 3 are 6 parts, 9 batches of at most 2: the bar hears of every batch
+    assert reported and (int(reported[1]), int(reported[2])) == (12, 9), caplog.text
 
 
 def test_int8_storage_is_smaller_and_close(shards):

@@ -80,7 +80,7 @@ class Oracle(nn.Module):
         return ModelOutput(F.one_hot(PERMUTATION[cls], len(NAMES)).permute(0, 3, 1, 2).float(), clip)
 
 
-def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path):
+def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path, capsys):
     data = flat_colour_dataset(tmp_path / "flat")
     spec = ModelSpec(checkpoint)
     prototypes = text_prototypes(spec.load().teacher, NAMES)  # the seeded teacher the job itself loads
@@ -90,6 +90,11 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path):
                      probe_root=str(probe))
     report = run(cfg, LocalMapper(spec, {"student": Oracle(prototypes)}))
     tasks = report["tasks"]
+    # the bars count images: fitting reads the evaluated and the probe folder, scoring the evaluated one
+    num_images = report["num_images"]
+    bars = capsys.readouterr().err
+    assert "fit: 100%" in bars and f"{2 * num_images}/{2 * num_images}" in bars
+    assert "score: 100%" in bars and f"{num_images}/{num_images}" in bars
     assert set(tasks) == {"language", "unsupervised", "unseen", "probe"}
     assert report["probe"] == {"root": str(probe), "split": "the folder"}
     # without a probe folder of its own, "all" leaves the probe out and "probe" is refused

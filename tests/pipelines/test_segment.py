@@ -143,8 +143,9 @@ def test_unreadable_images_are_skipped_and_listed_the_rest_written_upright(check
         cfg = SegmentConfig(checkpoint=checkpoint, images=str(folder), output=str(out),
                             **{mode[0].strip("-"): int(mode[1]) if mode[1].isdigit() else tuple(mode[1].split(","))})
         assert run(cfg, LocalMapper(ModelSpec(checkpoint))) == ["000000", "000002", "turned"]
-        printed = capsys.readouterr().out
-        assert "skipped 000001:" in printed and "skipped empty:" in printed
+        printed = capsys.readouterr()
+        assert "skipped 000001:" in printed.out and "skipped empty:" in printed.out
+        assert "segment: 100%" in printed.err and "5/5" in printed.err  # a bar over every image, bad ones too
         unreadable = json.loads((out / "unreadable.json").read_text())
         assert sorted(unreadable) == ["000001", "empty"] and all(unreadable.values())
         assert not (out / "000001_labels.png").exists()

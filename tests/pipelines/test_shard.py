@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import s3fs
 
 from bench.loopback_http import serve_folder
+from common import progress
 from common.logs import RAY_NOTICES
 from demo.synth import write_corpus
 from formats.manifest import read_manifest
@@ -50,11 +52,15 @@ def corpus(tmp_path_factory):
     return root / "train"
 
 
-def test_local_folder_to_shards(ray_local, corpus, tmp_path):
+def test_local_folder_to_shards(ray_local, corpus, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # each input reaches the bar as it is written
+    caplog.set_level(logging.DEBUG, logger="common.progress")
     out = tmp_path / "shards"
     assert shard_main(["--input", str(corpus), "--output", str(out), "--samples-per-shard", "10",
                        "--image-size", "32", "min_image_size=16"]) == 0
     rows = ledger(str(out))
+    # the bar moved once per input, not once per shard (4 shards)
+    assert f"inputs: {len(rows)} items reported by workers in {len(rows)} reports" in caplog.text
     expected = {name: status for name, _, status, _ in awkward_files()}
     assert len(rows) == 24 + len(expected)
     by_name = {Path(r["location"]).name: r for r in rows}
