@@ -8,13 +8,15 @@ CMYK, 16-bit, truncation, decompression bombs) goes through Pillow first.
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
 # Image files the jobs take as input (by name): what Pillow opens, as img2dataset accepts.
@@ -51,6 +53,7 @@ class EncodedImage:
     extension: str
     original_size: tuple[int, int]  # (width, height)
     size: tuple[int, int]
+    exif: str | None = None  # see Decoded
 
 
 def configure_decoders(max_image_pixels: int) -> None:
@@ -96,8 +99,21 @@ def _needed_size(width: int, height: int, spec: ResizeSpec) -> tuple[int, int]:
     return side, side
 
 
-def decode_bgr(data: bytes, spec: ResizeSpec) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode to uint8 `[H, W, 3]` in OpenCV's BGR order plus the original (width, height).
+class Decoded(NamedTuple):
+    bgr: np.ndarray  # uint8 [H, W, 3]
+    original_size: tuple[int, int]  # (width, height)
+    exif: str | None  # the EXIF tags of the file's main directory, as a JSON object of name -> text
+
+
+def _exif_json(exif: Image.Exif) -> str | None:
+    """img2dataset's `exif` column in spirit: tag name -> its value as text (binary values left out)."""
+    tags = {ExifTags.TAGS.get(tag, str(tag)): str(value).strip()[:256] for tag, value in exif.items()
+            if not isinstance(value, bytes)}
+    return json.dumps(tags, sort_keys=True) if tags else None
+
+
+def decode_bgr(data: bytes, spec: ResizeSpec) -> Decoded:
+    """Decode to uint8 `[H, W, 3]` in OpenCV's BGR order, with the original (width, height) and EXIF.
 
     Plain JPEGs are decoded by libjpeg-turbo with DCT-domain scaling straight to the smallest size
     of at least what the resize needs: that is a proper anti-aliased downsample and leaves the
@@ -111,17 +127,19 @@ def decode_bgr(data: bytes, spec: ResizeSpec) -> tuple[np.ndarray, tuple[int, in
         width, height = img.size
         if width * height > spec.max_image_pixels:  # from the header, before any pixel is decoded
             raise ImageRejected("too_many_pixels", f"{width}x{height}")
+        exif = img.getexif()
         plain_jpeg = (img.format == "JPEG" and img.mode in ("RGB", "L")
-                      and img.getexif().get(_EXIF_ORIENTATION, 1) == 1 and _ends_like_complete_jpeg(data))
+                      and exif.get(_EXIF_ORIENTATION, 1) == 1 and _ends_like_complete_jpeg(data))
         if plain_jpeg:
             min_w, min_h = _needed_size(width, height, spec)
             try:
-                return simplejpeg.decode_jpeg(data, "BGR", min_height=min_h, min_width=min_w), (width, height)
+                bgr = simplejpeg.decode_jpeg(data, "BGR", min_height=min_h, min_width=min_w)
+                return Decoded(bgr, (width, height), _exif_json(exif))
             except ValueError:
                 pass  # an unusual JPEG variant: Pillow decides below
         img.load()
         bgr = _pillow_to_bgr(img)
-        return bgr, (bgr.shape[1], bgr.shape[0])
+        return Decoded(bgr, (bgr.shape[1], bgr.shape[0]), _exif_json(exif))
     except ImageRejected:
         raise
     except Image.DecompressionBombError as e:  # past twice Pillow's limit: refused inside Image.open
@@ -177,7 +195,7 @@ def _encode(bgr: np.ndarray, spec: ResizeSpec) -> bytes:
 
 def process_image(data: bytes, spec: ResizeSpec) -> EncodedImage:
     """Decode, filter, resize and encode one image; raises `ImageRejected` with a reason."""
-    image, (w, h) = decode_bgr(data, spec)
+    image, (w, h), exif = decode_bgr(data, spec)
     if min(h, w) < spec.min_image_size:
         raise ImageRejected("too_small", f"{w}x{h}")
     if max(h, w) / max(1, min(h, w)) > spec.max_aspect_ratio:
@@ -188,4 +206,5 @@ def process_image(data: bytes, spec: ResizeSpec) -> EncodedImage:
         extension=spec.output_format,
         original_size=(w, h),
         size=(out.shape[1], out.shape[0]),
+        exif=exif,
     )

@@ -12,10 +12,11 @@ from common.storage import filesystem, join, read_json, write_json_atomic
 from formats.shards import read_stats_of, tar_name
 
 MANIFEST = "manifest.json"
+SIZES = "sizes.json"  # shard file -> samples: what open_clip_train (and webdataset users) read for a dataset's size
 
 
 def write_manifest(output: str, num_planned_shards: int, counts: dict[str, int]) -> dict:
-    """The manifest of the committed shards `counts` (name -> samples), in name order."""
+    """The manifest of the committed shards `counts` (name -> samples), in name order, and their sizes.json."""
     names = sorted(counts)
     manifest = {
         "shards": [{"name": tar_name(n), "num_samples": counts[n]} for n in names],
@@ -24,6 +25,7 @@ def write_manifest(output: str, num_planned_shards: int, counts: dict[str, int])
         "complete": len(names) == num_planned_shards,
     }
     fs, root = filesystem(output)
+    write_json_atomic(fs, join(root, SIZES), {tar_name(n): counts[n] for n in names})
     write_json_atomic(fs, join(root, MANIFEST), manifest)
     return manifest
 

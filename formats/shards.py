@@ -34,16 +34,21 @@ from common.storage import (
     write_json_atomic,
 )
 
+# img2dataset's column names, so its users' scripts read ours: `url` (where the input came from: a URL,
+# a file path, or for a sidecar its image shard), `error_message`, `exif` (tag name -> text, JSON).
+# `status` is "success" or the reason, finer than img2dataset's two failure kinds (the stats count
+# those too); duplicate_of and retry_of are ours.
 LEDGER_SCHEMA = pa.schema([
     ("key", pa.string()),
-    ("location", pa.string()),
+    ("url", pa.string()),
     ("status", pa.string()),  # "success", or the reason the input was not written
-    ("error", pa.string()),
+    ("error_message", pa.string()),
     ("caption", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),
     ("original_height", pa.int32()),
+    ("exif", pa.string()),
     ("sha256", pa.string()),
     ("duplicate_of", pa.string()),
     ("retry_of", pa.string()),  # a --retry-failed row: the key of the row whose transient failure it retries

@@ -53,7 +53,7 @@ def sample_canvas(sample: dict, size: int) -> np.ndarray:
     ext = next((e for e in SAMPLE_IMAGE_KEYS if e in sample), None)
     if ext is None:
         raise ImageRejected("no_image", f"extensions {sorted(k for k in sample if not k.startswith('__'))}")
-    bgr, _ = decode_bgr(sample[ext], ResizeSpec(resize_mode="none"))
+    bgr = decode_bgr(sample[ext], ResizeSpec(resize_mode="none")).bgr
     return to_canvas(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
 
 

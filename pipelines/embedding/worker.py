@@ -128,10 +128,10 @@ class ClipEmbedder:
             for i, key in enumerate(keys):
                 files = encode_sample(key, dense[i], pooled[i], chunk["superpixels"][i], self.spec.storage)
                 writer.add_files(key, {k: v for k, v in files.items() if k != "__key__"})
-                writer.add_ledger_row({"key": key, "location": tar_name(chunk["shard"]), "status": "success"})
+                writer.add_ledger_row({"key": key, "url": tar_name(chunk["shard"]), "status": "success"})
             for key, reason, error in chunk["failures"]:
-                writer.add_ledger_row({"key": key, "location": tar_name(chunk["shard"]), "status": reason,
-                                       "error": error})
+                writer.add_ledger_row({"key": key, "url": tar_name(chunk["shard"]), "status": reason,
+                                       "error_message": error})
             stats = {"part": name, "shard": chunk["shard"], "num_samples": len(keys),
                      "failures": dict(Counter(reason for _, reason, _ in chunk["failures"])),
                      "start_time": started, "end_time": time.time()}

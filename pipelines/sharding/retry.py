@@ -34,7 +34,7 @@ def _transient_rows(batch):
     statuses = batch.column("status").to_pylist()
     keep = [is_transient(s or "") for s in statuses]
     rows = batch.filter(keep)
-    return {"location": rows.column("location"), "caption": rows.column("caption"),
+    return {"location": rows.column("url"), "caption": rows.column("caption"),
             "retry_of": rows.column("key")}
 
 
@@ -50,7 +50,7 @@ def retry_pass(output: str, plan: Plan) -> Plan:
         fs.rm(folder, recursive=True)
     path, arrow_fs = arrow_filesystem(output)
     ledgers = [join(path, ledger_name(n)) for n in names]
-    rows = ray.data.read_parquet(ledgers, filesystem=arrow_fs, columns=["key", "location", "caption", "status"])
+    rows = ray.data.read_parquet(ledgers, filesystem=arrow_fs, columns=["key", "url", "caption", "status"])
     rows = rows.map_batches(_transient_rows, batch_format="pyarrow")
     out_path, out_fs = arrow_filesystem(join(output, PLAN_DIR, f"retry-{number:02d}"))
     rows.write_parquet(out_path, filesystem=out_fs)

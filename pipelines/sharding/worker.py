@@ -27,6 +27,12 @@ from pipelines.sharding.sources import FetchError, FetchSpec, fetch
 log = logging.getLogger(__name__)
 
 
+DOWNLOAD, RESIZE = "download", "resize"  # where an input failed: img2dataset's failed_to_download / _resize
+# a sample's json in the tar, as img2dataset writes it (its ledger row, the status "success")
+SAMPLE_META = ("url", "caption", "key", "status", "error_message", "width", "height", "original_width",
+               "original_height", "exif", "sha256")
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     output: str
@@ -41,8 +47,9 @@ class WorkerSpec:
 
 
 def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaphore) -> tuple[dict, object]:
-    """One input to (ledger row, EncodedImage or None); never raises for a bad input."""
-    record = {"location": row["location"], "caption": row["caption"], "retry_of": row.get("retry_of")}
+    """One input to (ledger row, EncodedImage or None); never raises for a bad input. The row's `phase`
+    (not a ledger column) says which of img2dataset's failure counts a failure falls in."""
+    record = {"url": row["location"], "caption": row["caption"], "retry_of": row.get("retry_of")}
     try:
         data = fetch(row["location"], spec.fetching)
         if row.get("caption_location"):
@@ -51,17 +58,20 @@ def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaph
         if dedup is not None:
             first = dedup(record["sha256"], row["key"])
             if first != row["key"]:
-                return {**record, "status": "duplicate", "duplicate_of": first}, None
+                # as img2dataset's hash mismatch: a download that is not written
+                return {**record, "status": "duplicate", "duplicate_of": first, "phase": DOWNLOAD}, None
         with decode_slots:
             image = process_image(data, spec.resize)
-    except (FetchError, ImageRejected) as e:
-        return {**record, "status": e.reason, "error": str(e)}, None
+    except FetchError as e:
+        return {**record, "status": e.reason, "error_message": str(e), "phase": DOWNLOAD}, None
+    except ImageRejected as e:
+        return {**record, "status": e.reason, "error_message": str(e), "phase": RESIZE}, None
     except DedupFailed:  # not the input's fault: the shard fails and is redone, no image is marked
         raise
     except Exception as e:  # an input must never fail its shard: record anything unforeseen
-        return {**record, "status": "error", "error": f"{type(e).__name__}: {e}"}, None
+        return {**record, "status": "error", "error_message": f"{type(e).__name__}: {e}", "phase": RESIZE}, None
     record.update(status="success", width=image.size[0], height=image.size[1],
-                  original_width=image.original_size[0], original_height=image.original_size[1])
+                  original_width=image.original_size[0], original_height=image.original_size[1], exif=image.exif)
     return record, image
 
 
@@ -72,27 +82,36 @@ def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup, pr
     started = time.time()
     writer = ShardWriter(spec.output, name)
     reasons: Counter = Counter()
+    phases: Counter = Counter()
     try:
         decode_slots = threading.Semaphore(spec.decode_threads)
         with ThreadPoolExecutor(spec.thread_count) as pool:
             for row, (record, image) in zip(rows, pool.map(lambda r: _load_one(r, spec, dedup, decode_slots), rows)):
                 record["key"] = row["key"]
                 reasons[record["status"]] += 1
+                phases[record.get("phase")] += 1
                 if progress:
                     progress.add()
                 writer.add_ledger_row(record)
                 if image is not None:
-                    meta = {k: record[k] for k in ("key", "location", "sha256", "width", "height",
-                                                   "original_width", "original_height")}
+                    meta = {k: record.get(k) for k in SAMPLE_META}  # img2dataset's per-sample json
                     writer.add_sample(row["key"], image.data, image.extension, meta, record["caption"])
+        ended = time.time()
         stats = {
             "shard": name,
             "num_inputs": len(rows),
-            "num_samples": reasons.pop("success", 0),
-            "failures": dict(sorted(reasons.items())),
+            "num_samples": reasons["success"],
+            "failures": {r: n for r, n in sorted(reasons.items()) if r != "success"},
             "start_time": started,
-            "end_time": time.time(),
-            "seconds": round(time.time() - started, 3),
+            "end_time": ended,
+            "seconds": round(ended - started, 3),
+            # img2dataset's keys, for the scripts and dashboards that read its _stats.json
+            "count": len(rows),
+            "successes": reasons["success"],
+            "failed_to_download": phases[DOWNLOAD],
+            "failed_to_resize": phases[RESIZE],
+            "duration": ended - started,
+            "status_dict": dict(reasons.most_common()),
         }
         writer.commit(stats)
     except BaseException:

@@ -92,7 +92,7 @@ def test_jpeg_decoded_at_reduced_size_matches_a_full_decode_then_resize():
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
     data = _save(img, "JPEG", quality=95)
-    reduced, original = decode_bgr(data, ResizeSpec(image_size=256))
+    reduced, original, _ = decode_bgr(data, ResizeSpec(image_size=256))
     assert original == (640, 480) and reduced.shape == (300, 400, 3)  # libjpeg-turbo's 5/8 scale
     full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     expected = cv2.resize(full, (400, 300), interpolation=cv2.INTER_AREA)

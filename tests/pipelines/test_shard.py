@@ -22,6 +22,7 @@ from common import progress
 from common.logs import RAY_NOTICES
 from demo.synth import write_corpus
 from formats.manifest import read_manifest
+from formats.shards import read_samples
 from pipelines.shard import main as shard_main
 from tests.bad_images import awkward_files
 
@@ -63,7 +64,7 @@ def test_local_folder_to_shards(ray_local, corpus, tmp_path, monkeypatch, caplog
     assert f"inputs: {len(rows)} items reported by workers in {len(rows)} reports" in caplog.text
     expected = {name: status for name, _, status, _ in awkward_files()}
     assert len(rows) == 24 + len(expected)
-    by_name = {Path(r["location"]).name: r for r in rows}
+    by_name = {Path(r["url"]).name: r for r in rows}
     for name, status in expected.items():
         assert by_name[name]["status"] == status, name
     assert [r["key"] for r in rows] == [f"{s:05d}{i}" for s in range(4) for i in range(10)][: len(rows)]
@@ -73,6 +74,33 @@ def test_local_folder_to_shards(ray_local, corpus, tmp_path, monkeypatch, caplog
     assert [s["name"] for s in manifest["shards"]] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
     stats = json.loads((out / "00000_stats.json").read_text())
     assert stats["num_inputs"] == 10 and sum(stats["failures"].values()) + stats["num_samples"] == 10
+
+
+    # img2dataset's field names, read as its users' scripts and open_clip_train read them
+    columns = {"url", "error_message", "key", "status", "width", "height", "original_width", "original_height",
+               "exif", "sha256", "caption"}
+    failed = {"download": 0, "resize": 0}
+    for stats_file in sorted(out.glob("*_stats.json")):
+        stats = json.loads(stats_file.read_text())  # img2dataset's keys
+        assert stats["count"] == stats["successes"] + stats["failed_to_download"] + stats["failed_to_resize"]
+        assert sum(stats["status_dict"].values()) == stats["count"] and stats["duration"] >= 0
+        assert stats["status_dict"].get("success", 0) == stats["successes"]
+        failed["download"] += stats["failed_to_download"]
+        failed["resize"] += stats["failed_to_resize"]
+        table = pq.read_table(out / stats_file.name.replace("_stats.json", ".parquet"))
+        assert columns <= set(table.column_names)
+    assert failed["resize"] >= 5  # the awkward files: truncated, corrupt, not an image, too small, too many pixels
+    rows = ledger(str(out))
+    assert all(r["error_message"] for r in rows if r["status"] != "success")
+    turned = next(r for r in rows if r["url"].endswith("exif_rotated.jpg"))
+    assert json.loads(turned["exif"])["Orientation"] == "6"
+    sample = next(s for s in read_samples(str(out), "00000") if "json" in s)
+    assert columns <= set(json.loads(sample["json"])) and json.loads(sample["json"])["status"] == "success"
+    # open_clip_train sizes an epoch from sizes.json beside the shards
+    from open_clip_train.data import get_dataset_size
+
+    size, num_shards = get_dataset_size(f"{out}/{{00000..{manifest['num_shards'] - 1:05d}}}.tar")
+    assert (size, num_shards) == (manifest["num_samples"], manifest["num_shards"])
 
     # webdataset reads the shards back with the caption of the original .txt beside each image
     import webdataset as wds
@@ -84,7 +112,7 @@ def test_local_folder_to_shards(ray_local, corpus, tmp_path, monkeypatch, caplog
     assert len(captioned) == 24 and all(s["txt"].startswith("a photo of") for s in captioned)
     first = next(s for s in samples if s["__key__"] == "000000")
     assert first["jpg"].shape == (32, 32, 3) and first["json"]["original_width"] == 64
-    assert first["json"]["location"].endswith("000000.jpg")
+    assert first["json"]["url"].endswith("000000.jpg")
 
     # ... and so does Ray Data
     records = ray_local.data.read_webdataset(str(out), file_extensions=["tar"]).take_all()
@@ -133,7 +161,7 @@ def test_s3_input_and_output(ray_local, corpus, s3_bucket, s3_endpoint):
     assert "00000.tar" in names and "00000_stats.json" in names and "manifest.json" in names
     manifest = json.loads(fs.cat_file(f"{out}/manifest.json"))
     rows = ledger(out, fs)
-    assert len(rows) == 12 and all(r["location"].startswith("s3://") for r in rows)
+    assert len(rows) == 12 and all(r["url"].startswith("s3://") for r in rows)
     assert manifest["num_samples"] == sum(r["status"] == "success" for r in rows)
     members = tar_members(fs.cat_file(f"{out}/00000.tar"))
     assert any(m.endswith(".txt") for m in members) and any(m.endswith(".jpg") for m in members)
@@ -181,7 +209,7 @@ def test_many_url_lists_in_a_folder(ray_local, corpus, tmp_path):
         assert shard_main(["--input", str(lists), "--output", str(out), "--samples-per-shard", "4",
                            "--image-size", "32"]) == 0
     rows = ledger(str(out))
-    assert [r["location"] for r in rows] == urls and [r["caption"] for r in rows] == [f"c{i}" for i in range(9)]
+    assert [r["url"] for r in rows] == urls and [r["caption"] for r in rows] == [f"c{i}" for i in range(9)]
     assert all(r["status"] == "success" for r in rows)
     assert read_manifest(str(out))["num_samples"] == 9
 
@@ -204,7 +232,7 @@ def test_a_retry_pass_fetches_transient_failures_once_into_new_shards(ray_local,
     rows = ledger(str(out))
     assert rows[:5] == first  # the first shards are as they were
     retried = sorted(rows[5:], key=lambda r: r["retry_of"])  # a pass's rows come in the order Ray Data read them
-    assert [(r["location"], r["status"], r["retry_of"]) for r in retried] == [
+    assert [(r["url"], r["status"], r["retry_of"]) for r in retried] == [
         (urls[1], "success", first[1]["key"]), (urls[3], "success", first[3]["key"])]
     assert len({r["key"] for r in rows}) == 7  # new keys, in a new shard of its own
     assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
@@ -292,7 +320,7 @@ def test_killed_job_resumes_with_every_input_exactly_once(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{committed} already complete" in rerun.stdout
     rows = ledger(str(out))
-    locations = [r["location"] for r in rows]
+    locations = [r["url"] for r in rows]
     assert len(locations) == len(set(locations)) == 120
     keys = []
     for tar in sorted(out.glob("*.tar")):
