@@ -240,6 +240,9 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
         extra = {"nargs": "?", "const": "true"} if kind is bool else {}
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                             help=_help(cls, f).replace("%", "%%"), **extra)
+        # img2dataset's spellings (`--url_col`, `--output_folder`) reach the same field, unlisted in --help
+        for alias in {f.name, *f.metadata.get("aliases", ())} - {f.name.replace("_", "-")}:
+            parser.add_argument("--" + alias, dest=f.name, default=None, help=argparse.SUPPRESS, **extra)
     parser.add_argument("overrides", nargs="*", help="key=value or section.key=value")
     args = parser.parse_args(argv)
     values: dict[str, Any] = _read_yaml(profiles[args.profile]) if getattr(args, "profile", None) else {}

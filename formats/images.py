@@ -21,7 +21,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 RESIZE_MODES = ("none", "keep_ratio", "center_crop", "border")
 # Image files the jobs take as input (by name): what Pillow opens, as img2dataset accepts.
 INPUT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-OUTPUT_FORMATS = {"jpg": ".jpg", "webp": ".webp", "png": ".png"}
+ENCODE_FORMATS = {"jpg": ".jpg", "webp": ".webp", "png": ".png"}
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -40,7 +40,7 @@ class ResizeSpec:
     image_size: int = 256
     resize_mode: str = field(default="keep_ratio", metadata={"help": "/".join(RESIZE_MODES)})
     resize_only_if_bigger: bool = False
-    output_format: str = field(default="jpg", metadata={"help": "/".join(OUTPUT_FORMATS)})
+    encode_format: str = field(default="jpg", metadata={"help": "the images' codec: " + "/".join(ENCODE_FORMATS)})
     encode_quality: int = 95
     min_image_size: int = 0
     max_aspect_ratio: float = float("inf")
@@ -186,8 +186,8 @@ def _encode(bgr: np.ndarray, spec: ResizeSpec) -> bytes:
         "jpg": [cv2.IMWRITE_JPEG_QUALITY, spec.encode_quality],
         "webp": [cv2.IMWRITE_WEBP_QUALITY, spec.encode_quality],
         "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
-    }[spec.output_format]
-    ok, buf = cv2.imencode(OUTPUT_FORMATS[spec.output_format], bgr, params)
+    }[spec.encode_format]
+    ok, buf = cv2.imencode(ENCODE_FORMATS[spec.encode_format], bgr, params)
     if not ok:
         raise ImageRejected("encode_failed")
     return buf.tobytes()
@@ -203,7 +203,7 @@ def process_image(data: bytes, spec: ResizeSpec) -> EncodedImage:
     out = _resize(image, spec)
     return EncodedImage(
         data=_encode(out, spec),
-        extension=spec.output_format,
+        extension=spec.encode_format,
         original_size=(w, h),
         size=(out.shape[1], out.shape[0]),
         exif=exif,

@@ -57,7 +57,7 @@ LEDGER_SCHEMA = pa.schema([
 
 STATS_SUFFIX = "_stats.json"  # NAME_stats.json: the shard's commit marker, written last
 # Keys under which a shard sample may hold its image: what the shard job writes (formats.images.
-# OUTPUT_FORMATS) and the "jpeg" other img2dataset-style writers use.
+# ENCODE_FORMATS) and the "jpeg" other img2dataset-style writers use.
 SAMPLE_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 

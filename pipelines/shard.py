@@ -29,11 +29,11 @@ import ray
 from common.config import ConfigError, job_config
 from common.progress import Progress
 from common.ray_utils import init_ray
-from formats.images import INPUT_EXTENSIONS, OUTPUT_FORMATS, RESIZE_MODES, ResizeSpec
+from formats.images import ENCODE_FORMATS, INPUT_EXTENSIONS, RESIZE_MODES, ResizeSpec
 from formats.manifest import committed_counts, recorded_counts, write_manifest
 from formats.shards import RecordClock, committed_names
 from pipelines.sharding.dedup import start_dedup
-from pipelines.sharding.lists import Segment
+from pipelines.sharding.lists import LIST_FORMATS, Segment
 from pipelines.sharding.plan import Plan, make_plan
 from pipelines.sharding.retry import retry_pass
 from pipelines.sharding.sources import DISALLOWED_DIRECTIVES, FetchSpec, SourceSpec
@@ -47,9 +47,14 @@ class ShardConfig(ResizeSpec):
     """The shard job's settings: where from and to, how to split and fetch, and (inherited from
     ResizeSpec, the flags --image-size, --resize-mode, ...) what each written image looks like."""
 
-    input: str = field(metadata={"help": "folder of images (local or s3://...), or URL lists: a .parquet, .csv, .tsv, "
-                                         ".jsonl or .txt file, a folder of them or a glob"})
-    output: str = field(metadata={"help": "local folder or fsspec prefix for the shards"})
+    input: str = field(metadata={"aliases": ("url_list",), "help": (
+        "folder of images (local or s3://...), or URL lists: a .parquet, .csv, .tsv, .jsonl or .txt file, a folder "
+        "of them or a glob")})
+    output: str = field(metadata={"aliases": ("output_folder",), "help": "local folder or fsspec prefix for the shards"})
+    input_format: str = field(default="", metadata={
+        "help": "the URL lists' format (parquet/csv/tsv/jsonl/txt); empty = each file's extension says"})
+    output_format: str = field(default="webdataset", metadata={
+        "help": "the container, as img2dataset's: webdataset (tar shards); the image codec is --encode-format"})
     url_col: str = "url"
     caption_col: str = "caption"
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
@@ -77,8 +82,14 @@ class ShardConfig(ResizeSpec):
     def __post_init__(self):
         if self.resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ConfigError(f"output_format must be one of {tuple(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.encode_format not in ENCODE_FORMATS:
+            raise ConfigError(f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {self.encode_format!r}")
+        if self.output_format != "webdataset":
+            hint = f" (the codec {self.output_format!r} is --encode-format)" if self.output_format in ENCODE_FORMATS else ""
+            raise ConfigError(f"output_format is the container, as in img2dataset: only webdataset is written{hint}")
+        if self.input_format and self.input_format not in LIST_FORMATS.values():
+            raise ConfigError(f"input_format must be one of {', '.join(LIST_FORMATS.values())} (or empty: by each "
+                              f"file's extension), got {self.input_format!r}")
         for name in ("samples_per_shard", "image_size", "thread_count", "decode_threads", "dedup_actors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -107,7 +118,7 @@ class ShardConfig(ResizeSpec):
     def output_settings(self) -> dict:
         """The settings that shape what a shard holds; a rerun into the same output must repeat them."""
         shaping = [f.name for f in dataclasses.fields(ResizeSpec)] + ["url_col", "caption_col", "extensions", "dedup",
-                                                                 "disallowed_header_directives"]
+                                                                 "disallowed_header_directives", "input_format"]
         return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in shaping}
 
 
@@ -174,7 +185,7 @@ def run(cfg: ShardConfig) -> dict:
     """Plan, write every pending shard in parallel, then the manifest; returns the manifest.
 
     The plan comes first, before Ray starts: a mismatched rerun is a ConfigError with no cluster."""
-    source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions)
+    source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions, cfg.input_format)
     plan = make_plan(source, cfg.output, cfg.samples_per_shard, cfg.output_settings())
     if cfg.plan_only:
         last = plan.names()[-1]

@@ -53,11 +53,10 @@ class Segment:
     skip: int = 0  # text: lines to pass over from there
 
 
-def scan(path: str, url_col: str) -> ListFile:
+def scan(path: str, fmt: str, url_col: str) -> ListFile:
     """The row count (and a text list's line index) of the list file at `path`; a ConfigError when it
     has no `url_col`, found from what the count reads anyway (parquet's footer, the header line), so
     a list without its URL column stops the job at planning, not in every shard task."""
-    fmt = list_format(path)
     fs, local = filesystem(path)
     with fs.open(local, "rb") as fh:
         if fmt == "parquet":

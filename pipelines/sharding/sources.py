@@ -25,6 +25,7 @@ class SourceSpec:
     url_col: str = "url"
     caption_col: str = "caption"
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
+    input_format: str = ""  # a value of lists.LIST_FORMATS; "" = each file's extension says
 
 
 class FetchError(Exception):
@@ -38,26 +39,28 @@ def _url(fs, path: str) -> str:
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
 
-def url_lists(spec: SourceSpec) -> list[str] | None:
-    """The URL list files the input names, sorted; None when it is a folder of images.
+def url_lists(spec: SourceSpec) -> list[tuple[str, str]] | None:
+    """The URL list files the input names with their formats, sorted; None when it is a folder of images.
 
-    A list file's name says its format (lists.LIST_FORMATS); a glob (`s3://b/urls/*.parquet`) or a
+    A list file's name says its format (lists.LIST_FORMATS) unless `input_format` does (a file named
+    otherwise; in a folder or glob, only lists of that format); a glob (`s3://b/urls/*.parquet`) or a
     folder holding list files and no image names every list in it. A folder with images is a folder
     of images (its .txt files are their captions)."""
     fs, root = filesystem(spec.input)
     if any(c in spec.input for c in "*?["):
         paths = sorted(fs.glob(root))
-    elif list_format(root):
+    elif list_format(root) or (spec.input_format and fs.isfile(root)):
         if not fs.exists(root):
             raise ConfigError(f"input {spec.input} does not exist")
-        return [spec.input]
+        return [(spec.input, spec.input_format or list_format(root))]
     else:
         if not fs.exists(root):
             raise ConfigError(f"input {spec.input} does not exist")
         paths = sorted(fs.find(root))
         if any(p.lower().endswith(spec.extensions) for p in paths):
             return None
-    lists = [_url(fs, p) for p in paths if list_format(p)]
+    lists = [(_url(fs, p), list_format(p)) for p in paths
+             if list_format(p) and list_format(p) == (spec.input_format or list_format(p))]
     if not lists:
         raise ConfigError(f"no images and no URL lists ({', '.join(LIST_FORMATS)}) in {spec.input}")
     return lists

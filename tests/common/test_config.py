@@ -25,6 +25,8 @@ def test_flags_yaml_and_overrides_map_onto_one_dataclass(tmp_path):
     (["--input", "a", "--output", "b", "--image-size", "big"], "image_size: expected int"),
     (["--input", "a", "--output", "b", "--dedup", "maybe"], "dedup: expected true or false"),
     (["--input", "a", "--output", "b", "--encode-quality", "0"], "encode_quality must be in 1..100"),
+    (["--input", "a", "--output", "b", "--output-format", "png"], "the codec 'png' is --encode-format"),
+    (["--input", "a", "--output", "b", "--input-format", "json"], "input_format must be one of"),
 ])
 def test_bad_configs_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
@@ -137,3 +139,16 @@ def test_print_config_writes_yaml_that_config_reads_back(tmp_path, capsys):
     saved = tmp_path / "c.yaml"
     saved.write_text(capsys.readouterr().out)
     assert parse_config(ShardConfig, ["--config", str(saved)]) == parse_config(ShardConfig, argv)
+
+
+def test_img2datasets_spellings_reach_the_same_fields_and_stay_out_of_help(capsys, monkeypatch):
+    cfg = parse_config(ShardConfig, ["--url_list", "urls.parquet", "--output_folder", "out", "--url_col", "link",
+                                     "--caption_col", "text", "--encode_format", "webp", "--output_format",
+                                     "webdataset", "--input_format", "parquet"])
+    assert (cfg.input, cfg.output, cfg.url_col, cfg.caption_col, cfg.encode_format, cfg.input_format) == \
+        ("urls.parquet", "out", "link", "text", "webp", "parquet")
+    monkeypatch.setenv("COLUMNS", "10000")
+    with pytest.raises(SystemExit):
+        parse_config(ShardConfig, ["--help"])
+    text = capsys.readouterr().out
+    assert "--url-col" in text and "--url_col" not in text and "--output_folder" not in text

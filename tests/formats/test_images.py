@@ -54,7 +54,7 @@ def test_sixteen_bit_range_is_scaled_to_eight_bits():
     ("none", (64, 48)), ("keep_ratio", (43, 32)), ("center_crop", (32, 32)), ("border", (32, 32)),
 ])
 def test_resize_modes(mode, expected):
-    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, resize_mode=mode, output_format="png"))
+    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, resize_mode=mode, encode_format="png"))
     assert out.size == expected
     img = np.asarray(Image.open(__import__("io").BytesIO(out.data)))
     if mode == "border":  # 32x24 picture centred on black bars of 4 rows each
@@ -74,14 +74,14 @@ def test_aspect_ratio_filter():
 
 @pytest.mark.parametrize("fmt,magic", [("jpg", b"\xff\xd8"), ("png", b"\x89PNG"), ("webp", b"RIFF")])
 def test_output_formats(fmt, magic):
-    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, output_format=fmt))
+    out = process_image(_save(_photo(64, 48), "PNG"), ResizeSpec(image_size=32, encode_format=fmt))
     assert out.data.startswith(magic) and out.extension == fmt
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])  # the OpenCV path and the Pillow path
 def test_colours_survive_the_round_trip(fmt):
     img = Image.new("RGB", (64, 48), (220, 30, 10))
-    out = process_image(_save(img, fmt), ResizeSpec(image_size=32, output_format="png"))
+    out = process_image(_save(img, fmt), ResizeSpec(image_size=32, encode_format="png"))
     r, g, b = np.asarray(Image.open(__import__("io").BytesIO(out.data))).reshape(-1, 3).mean(0)
     assert r > 200 and g < 50 and b < 30
 

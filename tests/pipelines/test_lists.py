@@ -40,7 +40,7 @@ def test_any_row_range_reads_back_what_was_written(tmp_path, small_index, fmt):
     rows = [(f"http://h/{i}.jpg", f"a caption, {i}") for i in range(40)]
     path = tmp_path / f"urls.{fmt}"
     write_list(path, fmt, rows)
-    listed = scan(str(path), "url")
+    listed = scan(str(path), fmt, "url")
     assert listed.num_rows == 40
     if fmt != "parquet":
         assert len(listed.line_offsets) == 6  # rows 0, 7, ..., 35
@@ -95,3 +95,19 @@ def test_nothing_to_read_is_one_clear_error(tmp_path):
         make_plan(SourceSpec(str(tmp_path / "docs")), str(tmp_path / "out2"), 4)
     with pytest.raises(ConfigError, match="does not exist"):
         make_plan(SourceSpec(str(tmp_path / "nowhere")), str(tmp_path / "out3"), 4)
+
+
+def test_input_format_names_the_format_of_a_file_named_otherwise_and_filters_a_folder(tmp_path):
+    rows = [(f"http://h/{i}.jpg", f"c{i}") for i in range(5)]
+    named_otherwise = tmp_path / "urls.list"
+    write_list(tmp_path / "urls.txt", "txt", rows)
+    (tmp_path / "urls.txt").rename(named_otherwise)
+    plan = make_plan(SourceSpec(str(named_otherwise), input_format="txt"), str(tmp_path / "out"), 4)
+    assert plan.num_inputs == 5 and [f.format for f in plan.files] == ["txt"]
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    write_list(folder / "a.csv", "csv", rows)
+    write_list(folder / "b.txt", "txt", rows[:2])
+    assert make_plan(SourceSpec(str(folder)), str(tmp_path / "all"), 4).num_inputs == 7
+    only_csv = make_plan(SourceSpec(str(folder), input_format="csv"), str(tmp_path / "csv"), 4)
+    assert only_csv.num_inputs == 5 and [f.format for f in only_csv.files] == ["csv"]
