@@ -58,7 +58,7 @@ class EvalConfig:
     dataset: str = field(metadata={"help": "/".join(DATASETS)})
     data_root: str = field(metadata={"help": "the dataset's folder or prefix (generic: the split's folder)"})
     output: str = field(metadata={"help": "local folder or fsspec prefix for the report"})
-    task: str = field(default="all", metadata={"help": "/".join([*TASKS, "all"])})
+    task: str = field(default="all", metadata={"help": "all, or some of " + "/".join(TASKS) + ", comma-separated"})
     split: str = "val"
     max_images: int = field(default=0, metadata={"help": "first N images of each split; 0 = all"})
     window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
@@ -80,8 +80,8 @@ class EvalConfig:
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
-        if self.task not in (*TASKS, "all"):
-            raise ConfigError(f"task must be one of {', '.join([*TASKS, 'all'])}, got {self.task!r}")
+        if self.task != "all" and not set(self.tasks) <= set(TASKS):
+            raise ConfigError(f"task must be all or some of {', '.join(TASKS)}, comma-separated, got {self.task!r}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if not self.scales or min(self.scales) <= 0:
@@ -94,7 +94,7 @@ class EvalConfig:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(TASKS) if self.task == "all" else (self.task,)
+        return tuple(TASKS) if self.task == "all" else tuple(t.strip() for t in self.task.split(",") if t.strip())
 
 
 @dataclass

@@ -3,12 +3,15 @@
     python pipelines/main.py --name demo            # local Ray, generated corpus, no downloads
     python pipelines/main.py --name demo --quick    # the short profile the tests use
     python pipelines/main.py --name real --clip-model ViT-B-16 --clip-pretrained openai ...
+    python pipelines/main.py --name mine --train-images photos/ --eval-root labelled/ \
+        --clip-model ViT-B-16 --clip-pretrained openai --unseen cat   # your own data
     RAY_ADDRESS=auto python pipelines/main.py ...   # on a running cluster
 
-Stages: synthetic corpus -> shards -> CLIP teacher (trained here by OpenCLIP's own trainer on
-the captions unless --clip-pretrained is given; cached by its recipe) -> CLIP precompute -> training
-(Ray Train + DeepSpeed, two workers) -> evaluation -> runs/NAME/report.md. Every stage skips what is
-already done, so rerunning after a kill resumes, and a finished run is not redone.
+Stages: synthetic corpus (or your --train-images) -> shards -> CLIP teacher (trained here by OpenCLIP's
+own trainer on the corpus' captions unless --clip-pretrained is given; cached by its recipe) -> CLIP
+precompute -> training (Ray Train + DeepSpeed, two workers) -> evaluation (the corpus' validation
+scenes, or your --eval-root) -> runs/NAME/report.md. Every stage skips what is already done, so
+rerunning after a kill resumes, and a finished run is not redone.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from common.storage import filesystem, join
 from demo import synth
 from demo.report import write_report
 from demo.teacher import TeacherRecipe, ensure_teacher
+from formats.datasets import open_dataset
+from formats.prototypes import read_class_names
 from formats.sidecar import STORAGE_FORMATS
+from formats.teacher_weights import check_teacher
 from model.superpixels import SuperpixelConfig
 from pipelines import embed, evaluate, shard
 from pipelines.evaluation.report import markdown_table
@@ -38,6 +44,7 @@ from trainer.config import TrainConfig
 log = logging.getLogger("main")
 # Named settings a user can read and override: `--quick` is pipelines/profiles/quick.yaml.
 PROFILES = {p.stem: str(p) for p in sorted((Path(__file__).parent / "profiles").glob("*.yaml"))}
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -58,9 +65,20 @@ class MainConfig:
         "help": "sidecar form: float16 or int8, or none (superpixels only: the trainer runs the teacher on each "
                 "view, teacher.mode=online)"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
-    # the tiny teacher cannot tell zigzag at all (0.7 IoU alone), so a class it half knows is held back
-    unseen: tuple[str, ...] = field(default=("dotted",), metadata={"help": "class names training never sees"})
-    train_config: str = "trainer/configs/tiny.yaml"
+    unseen: tuple[str, ...] = field(default=(), metadata={
+        "help": "class names training never sees, scored as unseen; empty: the corpus' dotted, none on your data"})
+    train_images: str = field(default="", metadata={
+        "help": "your training images: a folder, prefix, URL list or glob (what the shard job reads); empty = the "
+                "generated corpus"})
+    eval_root: str = field(default="", metadata={
+        "help": "with --train-images: your labelled evaluation folder in the generic layout (images/, masks/, "
+                "classes.txt)"})
+    probe_root: str = field(default="", metadata={
+        "help": "with --train-images: a second labelled folder (generic layout) for the linear probe; empty = no probe"})
+    classes: str = field(default="", metadata={
+        "help": "with --train-images: class names, one a line; empty = EVAL_ROOT/classes.txt"})
+    train_config: str = field(default="trainer/configs/tiny.yaml", metadata={
+        "help": "the trainer's YAML config; a relative path not found in the working folder is the checkout's"})
     train_epochs: int = 6
     train_overrides: tuple[str, ...] = field(default=(), metadata={
         "help": "key=value settings of the trainer's config on top of train_config, e.g. loss.semantic_weight=4"})
@@ -73,17 +91,45 @@ class MainConfig:
             raise ConfigError(f"teacher_lr_schedule must be cosine or const, got {self.teacher_lr_schedule!r}")
         if self.clip_storage not in STORAGE_FORMATS:
             raise ConfigError(f"clip_storage must be one of {', '.join(STORAGE_FORMATS)}, got {self.clip_storage!r}")
-        unknown = set(self.unseen) - set(synth.CLASSES)
-        if unknown:
-            raise ConfigError(f"unseen names {sorted(unknown)} are not classes of the corpus {synth.CLASSES}")
+        if self.train_images:
+            if not self.eval_root:
+                raise ConfigError("--train-images needs --eval-root: a labelled folder (images/, masks/, classes.txt) "
+                                  "to evaluate on")
+            if not self.clip_pretrained:
+                raise ConfigError("--train-images needs a teacher: --clip-pretrained (an open_clip tag, a file or an "
+                                  "s3:// checkpoint); one is trained here only on the generated corpus' captions")
+        elif self.eval_root or self.probe_root or self.classes:
+            raise ConfigError("--eval-root, --probe-root and --classes describe your own data: give --train-images too")
+        else:
+            unknown = set(self.unseen) - set(synth.CLASSES)
+            if unknown:
+                raise ConfigError(f"unseen names {sorted(unknown)} are not classes of the corpus {synth.CLASSES}")
         parse_config(TrainConfig, self.train_args())
+
+    @property
+    def train_config_path(self) -> str:
+        """The checkout's shipped configs are found from any working folder (a user's own path wins)."""
+        shipped = CHECKOUT / self.train_config
+        return str(shipped) if not os.path.exists(self.train_config) and shipped.exists() else self.train_config
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        """The unseen classes: the user's, else on the generated corpus dotted (the tiny teacher cannot tell
+        zigzag at all, 0.7 IoU alone, so a class it half knows is held back)."""
+        return self.unseen or (() if self.train_images else ("dotted",))
+
+    def class_names(self) -> list[str]:
+        """Every class the evaluation knows: the corpus', or the user's list (a ConfigError when unreadable)."""
+        if not self.train_images:
+            return list(synth.CLASSES)
+        return read_class_names(self.classes or join(self.eval_root, "classes.txt"))
 
     def path(self, *parts: str) -> str:
         return join(self.runs_root, self.name, *parts)
 
     def train_args(self) -> list[str]:
         """The trainer's command line for this run (checked in __post_init__, before any stage runs)."""
-        return ["--config", self.train_config, f"data.shards={self.path('shards')}", f"data.clip={self.path('clip')}",
+        return ["--config", self.train_config_path, f"data.shards={self.path('shards')}", f"data.clip={self.path('clip')}",
                 f"epochs={self.train_epochs}", f"run.name={self.name}", f"run.storage_path={self.path('train')}",
                 f"run.log_dir={self.path('logs')}",
                 *(["teacher.mode=online"] if self.clip_storage == "none" else []), *self.train_overrides]
@@ -99,7 +145,25 @@ def stage_corpus(cfg: MainConfig) -> None:
     fs.pipe_file(marker, b"")
 
 
+def check_user_data(cfg: MainConfig) -> None:
+    """Your data's paths and names, checked before any stage: a mistake is one line, nothing started."""
+    if not cfg.train_images:
+        return
+    open_dataset("generic", cfg.eval_root)  # the layout: images/, masks/, classes.txt
+    if cfg.probe_root:
+        open_dataset("generic", cfg.probe_root)
+    names = cfg.class_names()
+    unknown = set(cfg.held_out) - set(names)
+    if unknown:
+        raise ConfigError(f"unseen names {sorted(unknown)} are not among your classes {names}")
+    check_teacher(cfg.clip_model, cfg.clip_pretrained)
+
+
 def stage_shards(cfg: MainConfig) -> dict:
+    if cfg.train_images:  # any sizes: shorter side to image_size, as the embed job's canvas wants
+        return shard.run(shard.ShardConfig(
+            input=cfg.train_images, output=cfg.path("shards"), samples_per_shard=cfg.samples_per_shard,
+            image_size=cfg.image_size, num_cpus=cfg.num_cpus))
     return shard.run(shard.ShardConfig(
         input=cfg.path("corpus", "train"), output=cfg.path("shards"), samples_per_shard=cfg.samples_per_shard,
         image_size=cfg.image_size, resize_mode="none", num_cpus=cfg.num_cpus))
@@ -107,7 +171,8 @@ def stage_shards(cfg: MainConfig) -> dict:
 
 def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
     fs, _ = filesystem(cfg.path())
-    seen = [c for c in synth.CLASSES if c not in cfg.unseen]
+    fs.makedirs(cfg.path(), exist_ok=True)
+    seen = [c for c in cfg.class_names() if c not in cfg.held_out]
     fs.pipe_file(cfg.path("seen_classes.txt"), ("\n".join(seen) + "\n").encode())
     return embed.run(embed.EmbedConfig(input=cfg.path("shards"), output=cfg.path("clip"), clip_model=cfg.clip_model,
                                        clip_pretrained=pretrained, classes=cfg.path("seen_classes.txt"),
@@ -130,23 +195,39 @@ def stage_train(cfg: MainConfig) -> str:
 
 
 def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
+    data_root, probe_root = (cfg.eval_root, cfg.probe_root) if cfg.train_images else \
+        (cfg.path("corpus", "val"), cfg.path("corpus", "probe"))
+    # unseen and class-free need held-out classes, the probe a folder of its own
+    tasks = [t for t in evaluate.TASKS if (cfg.held_out or t not in ("unseen", "classfree"))
+             and (probe_root or t != "probe")]
     return evaluate.run(build_config(evaluate.EvalConfig, {
-        "checkpoint": model_file, "dataset": "generic", "data_root": cfg.path("corpus", "val"),
-        "output": cfg.path("eval"), "unseen": cfg.unseen, "probe_root": cfg.path("corpus", "probe"),
-        "num_panels": 4, "num_cpus": cfg.num_cpus}))
+        "checkpoint": model_file, "dataset": "generic", "data_root": data_root, "output": cfg.path("eval"),
+        "task": "all" if len(tasks) == len(evaluate.TASKS) else ",".join(tasks), "unseen": cfg.held_out,
+        "probe_root": probe_root, "num_panels": 4, "num_cpus": cfg.num_cpus}))
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = job_config(MainConfig, argv, __doc__, profiles=PROFILES)
     if cfg is None:
         return 2
-    stage_corpus(cfg)
+    try:
+        check_user_data(cfg)
+        return run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(cfg: MainConfig) -> int:
+    if not cfg.train_images:
+        stage_corpus(cfg)
     manifest = stage_shards(cfg)
     if manifest.get("failed"):
         return 1
     recipe = TeacherRecipe(cfg.clip_model, cfg.teacher_epochs, cfg.num_train, cfg.image_size,
                            lr_scheduler=cfg.teacher_lr_schedule)
-    pretrained, teacher_note = (cfg.clip_pretrained, f"given: {cfg.clip_pretrained}") if cfg.clip_pretrained \
+    pretrained, teacher_note = (cfg.clip_pretrained, f"given: {cfg.clip_model} {cfg.clip_pretrained}") \
+        if cfg.clip_pretrained \
         else ensure_teacher(recipe, cfg.path("shards"), join(cfg.runs_root, "_teachers"))
     if not stage_embed(cfg, pretrained)["complete"]:
         return 1

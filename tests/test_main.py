@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +68,39 @@ def test_the_quick_profiles_trainer_settings_give_way_to_the_users():
     train = parse_config(TrainConfig, cfg.train_args())
     assert (train.loss.semantic_weight, train.optim.lr) == (2, 0.1)
     assert (cfg.num_train, cfg.teacher_epochs, cfg.teacher_lr_schedule) == (3000, 4, "const")
+
+
+@pytest.mark.slow
+def test_the_whole_run_on_your_own_data(tmp_path):
+    """Your images (no captions, nested, PNG), your labelled folders and classes, a teacher file: the
+    same stages, the report scored on your evaluation folder."""
+    import open_clip
+    from PIL import Image
+
+    import model.clip_teacher  # noqa: F401  (registers the tiny architectures with open_clip)
+    from demo.synth import write_corpus
+
+    write_corpus(str(tmp_path / "made"), num_train=24, num_val=6, size=64, num_probe=6)
+    photos = tmp_path / "photos" / "holiday"
+    photos.mkdir(parents=True)
+    for jpg in sorted((tmp_path / "made" / "train").glob("*.jpg")):
+        Image.open(jpg).save(photos / (jpg.stem + ".png"))
+    teacher = tmp_path / "teacher.pt"  # random weights, saved as a user's checkpoint file: the run, not its quality
+    torch.save(open_clip.create_model("tiny-rn").state_dict(), teacher)
+    cmd = [sys.executable, "pipelines/main.py", "--name", "mine", "--runs-root", str(tmp_path / "runs"),
+           "--train-images", str(tmp_path / "photos"), "--eval-root", str(tmp_path / "made" / "val"),
+           "--probe-root", str(tmp_path / "made" / "probe"), "--clip-model", "tiny-rn", "--clip-pretrained",
+           str(teacher), "--unseen", "dotted", "--image-size", "64", "--samples-per-shard", "12",
+           "--train-epochs", "1", "--num-cpus", "2"]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = tmp_path / "runs" / "mine"
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["config"]["data_root"] == str(tmp_path / "made" / "val")
+    assert set(report["tasks"]) == {"language", "unsupervised", "unseen", "probe", "classfree"}
+    assert report["tasks"]["unseen"]["student"]["unseen_classes"] == ["dotted"]
+    assert json.loads((run / "shards" / "manifest.json").read_text())["num_samples"] == 24
+    assert not (run / "corpus").exists()  # nothing generated
+    assert "dotted" not in (run / "seen_classes.txt").read_text().split()
+    assert (run / "report.md").exists() and "report:" in done.stdout

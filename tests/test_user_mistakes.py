@@ -89,7 +89,29 @@ MISTAKES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
                                                         _image(t / "a.png"), "--output", str(t / "o"),
                                                         "--prompts", "a,b"], "is not a model file"),
     "main: invalid YAML": ("main", lambda t: ["--config", _write(t / "c.yaml", "- a list\n")], "must hold a mapping"),
+    "main: your data without an evaluation folder": ("main", lambda t: ["--train-images", str(t), "--runs-root",
+                                                                         str(t / "runs")], "needs --eval-root"),
+    "main: your data without a teacher": ("main", lambda t: ["--train-images", str(t), "--eval-root", str(t),
+                                                             "--runs-root", str(t / "runs")], "needs a teacher"),
+    "main: an evaluation folder that is not one": ("main", lambda t: [
+        "--train-images", str(t), "--eval-root", str(t / "nope"), "--clip-pretrained", "openai",
+        "--runs-root", str(t / "runs")], "dataset root"),
+    "main: unseen names not among your classes": ("main", lambda t: [
+        "--train-images", str(t), "--eval-root", _labelled(t / "val"), "--clip-pretrained", "openai",
+        "--unseen", "zebra", "--runs-root", str(t / "runs")], "not among your classes"),
 }
+
+
+def _labelled(root: Path) -> str:
+    """A one-image evaluation folder in the generic layout, classes sky and cat."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "images" / "a.jpg")
+    Image.new("L", (8, 8)).save(root / "masks" / "a.png")
+    (root / "classes.txt").write_text("sky\ncat\n")
+    return str(root)
 
 
 def _mkdir(path: Path) -> Path:
