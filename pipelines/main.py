@@ -65,6 +65,9 @@ class MainConfig:
         "help": "sidecar form: float16 or int8, or none (superpixels only: the trainer runs the teacher on each "
                 "view, teacher.mode=online)"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    num_unknown: int = field(default=8, metadata={
+        "help": "k-means centres of the teacher's features tried as unknown prototypes; 0 = the semantic term over "
+                "the known names alone"})
     unseen: tuple[str, ...] = field(default=(), metadata={
         "help": "class names training never sees, scored as unseen; empty: the corpus' dotted, none on your data"})
     train_images: str = field(default="", metadata={
@@ -176,7 +179,7 @@ def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
     fs.pipe_file(cfg.path("seen_classes.txt"), ("\n".join(seen) + "\n").encode())
     return embed.run(embed.EmbedConfig(input=cfg.path("shards"), output=cfg.path("clip"), clip_model=cfg.clip_model,
                                        clip_pretrained=pretrained, classes=cfg.path("seen_classes.txt"),
-                                       storage=cfg.clip_storage, superpixels=cfg.superpixels, num_unknown=8,
+                                       storage=cfg.clip_storage, superpixels=cfg.superpixels, num_unknown=cfg.num_unknown,
                                        num_cpus=cfg.num_cpus))
 
 

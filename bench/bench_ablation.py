@@ -1,0 +1,56 @@
+"""What each term of the objective adds, on the demo corpus: contrastive only; + embedding consistency;
++ semantic consistency over the known names alone; + semantic over the names and the unknown
+prototypes (the full method). The quick profile, one cached teacher for every run, the same seeds.
+
+    python -m bench.bench_ablation --seeds 0 1 2 --runs-root bench/out/ablation
+    python -m bench.bench_ablation --seeds 0 1 2 --runs-root bench/out/ablation --tabulate-only
+
+Each run is `pipelines/main.py --quick --name ROW-sSEED --train-overrides WEIGHTS,run.seed=SEED`
+(`--num-unknown 0` for the names-only row: no centres, so the target is CLIP's softmax over the
+names). The semantic weight is the quick profile's 4. Runs already reported are not redone; the table
+is every run's report.md, the student's row, mean +- sd over the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.bench_teacher_modes import REPO, cell, run, student_row
+
+ROWS = {
+    "contrastive": ("contrastive only", ["--train-overrides", "loss.embedding_weight=0,loss.semantic_weight=0"]),
+    "embedding": ("+ embedding", ["--train-overrides", "loss.semantic_weight=0"]),
+    "names": ("+ semantic, known names only", ["--train-overrides", "loss.semantic_weight=4", "--num-unknown", "0"]),
+    "full": ("+ semantic, names and unknown", ["--train-overrides", "loss.semantic_weight=4"]),
+}
+# report.md cells of the student's row
+COLUMNS = {"language mIoU": 0, "mIoU unseen": 5, "hIoU": 6, "unsupervised mIoU": 2, "probe mIoU": 7,
+           "class-free mIoU": 9, "seen px called unknown": 11}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / "ablation"))
+    parser.add_argument("--tabulate-only", action="store_true")
+    args = parser.parse_args(argv)
+    root = Path(args.runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not args.tabulate_only:
+        for seed in args.seeds:
+            for key, (_, extra) in ROWS.items():
+                flags = [f"{extra[1]},run.seed={seed}" if f == extra[1] else f for f in extra]
+                run(root, f"{key}-s{seed}", flags)
+    print("| objective | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for key, (title, _) in ROWS.items():
+        rows = [student_row(root / f"{key}-s{seed}" / "report.md") for seed in args.seeds
+                if (root / f"{key}-s{seed}" / "report.md").exists()]
+        print(f"| {title} | " + " | ".join(cell([r[i] for r in rows]) if rows else "-" for i in COLUMNS.values()) + " |")
+    print(f"\nstudent, seeds {', '.join(map(str, args.seeds))}: mean ± sd; the teacher's own row is in each report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
