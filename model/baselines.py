@@ -16,16 +16,22 @@ class TeacherNet(nn.Module):
 
     Its embeddings are the normalised dense CLIP features, so every task can run on it. `last_block`:
     how the dense features are made (model.clip_teacher.LAST_BLOCKS), as for the student's training.
+    `upscale` > 1 enlarges the input that many times first (bilinear), so the grid is that much finer:
+    the teacher at the student's resolution, where a comparison of the two is not one of grid sizes.
     """
 
-    def __init__(self, teacher: Teacher, last_block: str = "maskclip"):
+    def __init__(self, teacher: Teacher, last_block: str = "maskclip", upscale: int = 1):
         super().__init__()
-        self.model, self.last_block = teacher.model, last_block
-        self.output_stride = teacher.patch_size
+        if upscale < 1 or teacher.patch_size % upscale:
+            raise ValueError(f"upscale {upscale} must divide the teacher's patch size {teacher.patch_size}")
+        self.model, self.last_block, self.upscale = teacher.model, last_block, upscale
+        self.output_stride = teacher.patch_size // upscale
         self.register_buffer("mean", torch.tensor(teacher.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(teacher.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
+        if self.upscale > 1:
+            images = F.interpolate(images, scale_factor=self.upscale, mode="bilinear", align_corners=False)
         dense = dense_features(self.model, (images - self.mean) / self.std, self.last_block)
         return ModelOutput(F.normalize(dense, dim=1), dense)
 

@@ -47,7 +47,15 @@ from pipelines.evaluation.report import json_safe, markdown_table, panel_indices
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import encode_png
-from pipelines.inference.predict import Loaded, Mapper, ModelSpec, RayMapper, SampleWork, gather_samples
+from pipelines.inference.predict import (
+    Loaded,
+    Mapper,
+    ModelSpec,
+    RayMapper,
+    SampleWork,
+    gather_samples,
+    matched_upscale,
+)
 
 log = logging.getLogger("evaluate")
 
@@ -233,8 +241,9 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         init_ray(cfg.num_cpus or None)
         mapper = RayMapper(spec, cfg.num_workers)
     main_method = spec.main_method
+    upscale = matched_upscale(loaded)  # 1: the teacher's grid is the student's already, no second row
     methods = {t: [main_method] + [b for b in TASKS[t].baselines if cfg.baselines and b in spec.available
-                                   and b != main_method] for t in tasks}
+                                   and b != main_method and (b != "teacher_matched" or upscale > 1)] for t in tasks}
     heads = fit_heads(cfg, data, seen, methods, loaded, mapper, options)
     work = ScoreWork(data, heads, options, panel_indices(len(indices), cfg.num_panels))
     all_methods = tuple(sorted({h.method for h in heads.values()}))
@@ -246,7 +255,8 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     report = json_safe({
         "checkpoint": cfg.checkpoint, "dataset": cfg.dataset, "split": cfg.split, "num_images": len(indices),
         "class_names": names, "config": dataclasses.asdict(cfg),
-        "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained")},
+        "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained"),
+                    "matched_upscale": upscale},
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
         "methods": {m: METHOD_TITLES[m] for m in all_methods}, "tasks": results,
         "probe": {"root": probe_root, "split": "the folder" if cfg.dataset == "generic" else cfg.probe_split}

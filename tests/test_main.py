@@ -28,7 +28,8 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     for task in ("language", "unsupervised", "unseen", "probe", "classfree"):
         for method, scores in report["tasks"][task].items():
             assert 0 <= scores["miou"] <= 1, (task, method)
-    assert set(report["tasks"]["classfree"]) == {"student", "teacher"}
+    assert set(report["tasks"]["classfree"]) == {"student", "teacher", "teacher_matched"}
+    assert set(report["tasks"]["unsupervised"]) == {"student", "teacher", "teacher_matched", "pixels", "untrained"}
     # "clearly above": measured 17.3 and 16.1 against 8.9-9.5 (untrained) and 5.5-6.0 (raw pixels),
     # with two teachers open_clip_train drew from the same recipe (CPU training is not bit-reproducible)
     baselines = max(unsupervised["pixels"]["miou"], unsupervised["untrained"]["miou"])

@@ -77,18 +77,19 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "language": Task("language", ("teacher",), language_scores,
+    "language": Task("language", ("teacher", "teacher_matched"), language_scores,
                      (("language mIoU", "miou"), ("language acc", "pixel_acc"))),
-    "unsupervised": Task("clusters", ("pixels", "untrained"), unsupervised_scores,
+    "unsupervised": Task("clusters", ("pixels", "untrained", "teacher", "teacher_matched"), unsupervised_scores,
                          (("unsupervised mIoU", "miou"), ("unsupervised acc", "pixel_acc"))),
-    "unseen": Task("language", ("teacher",), unseen_scores,
+    "unseen": Task("language", ("teacher", "teacher_matched"), unseen_scores,
                    (("mIoU seen", "miou_seen"), ("mIoU unseen", "miou_unseen"), ("hIoU", "hiou"))),
-    "probe": Task("probe", ("untrained",), language_scores, (("probe mIoU", "miou"), ("probe acc", "pixel_acc"))),
-    "classfree": Task("classfree", ("teacher",), classfree_scores,
+    "probe": Task("probe", ("untrained", "teacher", "teacher_matched"), language_scores, (("probe mIoU", "miou"), ("probe acc", "pixel_acc"))),
+    "classfree": Task("classfree", ("teacher", "teacher_matched"), classfree_scores,
                       (("class-free mIoU", "miou"), ("class-free unseen", "miou_unseen"),
                        ("seen px called unknown", "seen_pixels_unknown"))),
 }
 METHOD_TITLES = {"student": "student", "teacher": "CLIP teacher alone (MaskCLIP)",
+                 "teacher_matched": "CLIP teacher, input enlarged to the student's grid",
                  "pixels": "k-means on raw pixels", "untrained": "untrained network"}
 
 

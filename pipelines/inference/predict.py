@@ -49,6 +49,15 @@ class Loaded:
             return load_teacher(TeacherConfig(**self.meta["teacher"]))
 
 
+def matched_upscale(loaded: Loaded) -> int:
+    """How many times the teacher's input is enlarged to give the student's grid (1: already matched, or
+    no student); the largest divisor of the teacher's stride that does not pass the student's."""
+    if loaded.student is None:
+        return 1
+    patch = loaded.teacher.patch_size
+    return max(f for f in range(1, patch + 1) if patch % f == 0 and patch // f >= loaded.student.output_stride)
+
+
 def _untrained(loaded: Loaded) -> nn.Module:
     """The student's architecture with seeded random weights everywhere: what training improved on."""
     with torch.random.fork_rng(devices=[]):
@@ -61,6 +70,10 @@ METHODS: dict[str, Callable[[Loaded], nn.Module]] = {
     "student": lambda loaded: loaded.student,
     # the dense features the student was trained on (a model file records them; MaskCLIP's before that)
     "teacher": lambda loaded: TeacherNet(loaded.teacher, loaded.meta["extra"].get("teacher_last_block", "maskclip")),
+    # the same, its input enlarged until its grid is the student's: native vs matched resolution
+    "teacher_matched": lambda loaded: TeacherNet(loaded.teacher, loaded.meta["extra"].get("teacher_last_block",
+                                                                                          "maskclip"),
+                                                 matched_upscale(loaded)),
     "untrained": _untrained,
     "pixels": lambda loaded: RawPixels(),
 }

@@ -398,3 +398,15 @@ def test_the_teacher_baseline_uses_the_dense_features_the_student_was_trained_on
         out = TeacherNet(vit, last_block)(imgs)
         torch.testing.assert_close(out.clip, dense_features(vit.model, normalised, last_block=last_block))
     assert not torch.allclose(TeacherNet(vit)(imgs).clip, TeacherNet(vit, "clearclip")(imgs).clip, atol=1e-2)
+
+
+def test_the_matched_teacher_sees_the_image_enlarged_and_answers_on_a_finer_grid(vit):
+    imgs = images(1, 64, 64)
+    matched = TeacherNet(vit, upscale=4)
+    assert matched.output_stride * 4 == TeacherNet(vit).output_stride
+    out = matched(imgs)
+    assert out.clip.shape[-2:] == (64 // matched.output_stride,) * 2
+    enlarged = torch.nn.functional.interpolate(imgs, scale_factor=4, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.clip, TeacherNet(vit)(enlarged).clip)
+    with pytest.raises(ValueError, match="must divide"):
+        TeacherNet(vit, upscale=3)

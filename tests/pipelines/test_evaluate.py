@@ -154,8 +154,10 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
                  "--output", str(out), "--task", "all", "--unseen", "dotted,wavy", "--num-panels", "2",
                  "--scales", "1.0,1.5", "--window", "48", "--num-workers", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
-    expected = {"language": {"student", "teacher"}, "unsupervised": {"student", "pixels", "untrained"},
-                "unseen": {"student", "teacher"}, "probe": {"student", "untrained"}}
+    # the teacher (stride 32) also at the student's grid (stride 8): its input enlarged 4 times
+    teachers = {"teacher", "teacher_matched"}
+    expected = {"language": {"student", *teachers}, "unsupervised": {"student", "pixels", "untrained", *teachers},
+                "unseen": {"student", *teachers}, "probe": {"student", "untrained", *teachers}}
     assert {t: set(by_method) for t, by_method in report["tasks"].items()} == expected
     for task, by_method in report["tasks"].items():
         for method, scores in by_method.items():
@@ -165,7 +167,8 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
     assert 0 <= report["tasks"]["unseen"]["student"]["hiou"] <= 1
     assert report["teacher"]["random_init"] is True and report["network"]["output_stride"] == 8
     table = (out / "report.md").read_text()
-    assert "RANDOM weights" in table and table.count("\n| ") == 5  # header and four methods
+    assert report["teacher"]["matched_upscale"] == 4
+    assert "RANDOM weights" in table and table.count("\n| ") == 6  # header and five methods
     panels = sorted(p.name for p in (out / "panels").iterdir())
     assert panels == sorted(f"{t}_{n}.png" for t in expected for n in ("000000", "000003"))
     assert Image.open(out / "panels" / "unsupervised_000000.png").size[1] >= 64
