@@ -145,6 +145,33 @@ def image_tensor(image: np.ndarray, device: str) -> torch.Tensor:
     return torch.tensor(image, device=device).permute(2, 0, 1)[None].float().div(255)
 
 
+def image_segments(embeddings: torch.Tensor, num_segments: int, num_iters: int = 10, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's own segments: spherical k-means of its grid embeddings [E, h, w] (seeded) ->
+    assignment [h*w] and each segment's prototype [S, E], the normalised mean of its cells (SegSort's)."""
+    x = F.normalize(embeddings.reshape(embeddings.shape[0], -1).T.float(), dim=-1)
+    k = min(num_segments, len(x))
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    _, assign = spherical_kmeans(x[None], k, num_iters, generator=generator)
+    one_hot = F.one_hot(assign[0], k).to(x.dtype)  # [N, S]
+    return assign[0], F.normalize(one_hot.T @ x, dim=-1)
+
+
+def knn_labels(out: ModelOutput, params: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """HSG/SegSort's k-NN protocol: each of an image's own segments (image_segments) takes the class most of
+    its `k` nearest labelled training-set segment prototypes hold (cosine; a tie to the lowest class id)."""
+    num_classes, k = int(params["num_classes"]), int(params["k"])
+    votes_of = params["labels"]
+    maps = []
+    for embeddings in out.embeddings:
+        assign, protos = image_segments(embeddings, int(params["num_segments"]))
+        nearest = (protos @ params["prototypes"].T.to(protos.dtype)).topk(min(k, len(votes_of)), dim=1).indices
+        counts = F.one_hot(votes_of[nearest], num_classes).sum(1)  # [S, K] votes
+        maps.append(counts.argmax(1)[assign].view(embeddings.shape[-2:]))
+    scores = F.one_hot(torch.stack(maps), num_classes).permute(0, 3, 1, 2).float()
+    return upsample_labels(scores, size)
+
+
 def _probe_labels(out: ModelOutput, params: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     logits = torch.einsum("behw,ke->bkhw", out.embeddings, params["weight"]) + params["bias"].view(1, -1, 1, 1)
     return upsample_labels(logits, size)
@@ -157,6 +184,7 @@ HEADS: dict[str, Callable[[ModelOutput, dict[str, torch.Tensor], tuple[int, int]
         out, SemanticTargets(p["known"], p["centres"], p["explained"].bool()), size),
     "clusters": lambda out, p, size: cluster_labels(out, p["centres"], size),
     "probe": _probe_labels,
+    "knn": knn_labels,
 }
 
 
@@ -189,10 +217,33 @@ def grid_samples(out: ModelOutput, mask: np.ndarray, stride: int, num: int, rng:
                  ) -> tuple[np.ndarray, np.ndarray]:
     """`num` grid cells drawn at random: embeddings float32 [num, E] and the mask label at each cell centre [num]."""
     e, h, w = out.embeddings.shape[1:]
-    padded = np.pad(mask, ((0, h * stride - mask.shape[0]), (0, w * stride - mask.shape[1])),
-                    constant_values=IGNORE_INDEX)
-    labels = padded[stride // 2 :: stride, stride // 2 :: stride].reshape(-1)
+    labels = cell_labels(mask, stride, h, w)
     # a fixed count per image keeps the rows stackable; small grids are drawn with replacement
     cells = rng.choice(h * w, num, replace=h * w < num)
     embeddings = out.embeddings[0].reshape(e, -1)[:, torch.from_numpy(cells).to(out.embeddings.device)]
     return embeddings.T.float().cpu().numpy(), labels[cells]
+
+
+def cell_labels(mask: np.ndarray, stride: int, h: int, w: int) -> np.ndarray:
+    """The mask label at the centre of each cell of an [h, w] grid of `stride` px: [h * w] (padding ignored)."""
+    padded = np.pad(mask, ((0, h * stride - mask.shape[0]), (0, w * stride - mask.shape[1])),
+                    constant_values=IGNORE_INDEX)
+    return padded[stride // 2 :: stride, stride // 2 :: stride].reshape(-1)
+
+
+def segment_samples(out: ModelOutput, mask: np.ndarray, stride: int, num_segments: int, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The image's own segments (image_segments) as labelled prototypes for the k-NN protocol: float32
+    [num_segments, E] and the label most of each segment's labelled cells hold [num_segments]
+    (IGNORE_INDEX for a segment with none, and for the rows that pad a grid smaller than num_segments)."""
+    e, h, w = out.embeddings.shape[1:]
+    assign, protos = image_segments(out.embeddings[0], num_segments, seed=seed)
+    assign, labels = assign.cpu().numpy(), cell_labels(mask, stride, h, w)
+    majority = np.full(num_segments, IGNORE_INDEX, np.int64)
+    for s in range(len(protos)):
+        held = labels[(assign == s) & (labels != IGNORE_INDEX)]
+        if len(held):
+            majority[s] = np.bincount(held).argmax()
+    rows = np.zeros((num_segments, e), np.float32)
+    rows[: len(protos)] = protos.float().cpu().numpy()
+    return rows, majority

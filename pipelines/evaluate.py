@@ -42,7 +42,7 @@ from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_datas
 from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
 from model.inference import Head, InferenceOptions, fit_clusters, predict
-from model.metrics import confusion_matrix
+from model.metrics import IGNORE_INDEX, confusion_matrix
 from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, write_panels
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
 from pipelines.inference.classfree import classfree_head
@@ -78,6 +78,8 @@ class EvalConfig:
     unseen: tuple[str, ...] = field(default=(), metadata={"help": "unseen class names; default: the MaskCLIP+ split"})
     probe_split: str = "train"
     probe_root: str = field(default="", metadata={"help": "data root of the probe's split; default --data-root"})
+    knn_k: int = field(default=20, metadata={"help": "k-NN task: training segments that vote (HSG's 20)"})
+    knn_segments: int = field(default=16, metadata={"help": "k-NN task: segments per image (k-means of its embeddings)"})
     probe_epochs: int = 10
     probe_lr: float = 0.01
     probe_batch_size: int = 1024
@@ -94,7 +96,7 @@ class EvalConfig:
             raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if not self.scales or min(self.scales) <= 0:
             raise ConfigError(f"scales must be positive, got {self.scales}")
-        for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels"):
+        for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels", "knn_k", "knn_segments"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if {"unseen", "classfree"} & set(self.tasks) and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:
@@ -129,7 +131,18 @@ HEAD_PARAMS: dict[str, Callable[[HeadInputs, str], dict[str, torch.Tensor]]] = {
     "probe": lambda inputs, m: train_probe(*inputs.samples["probe"][m], len(inputs.names), inputs.cfg.probe_epochs,
                                            inputs.cfg.probe_lr, inputs.cfg.probe_batch_size, inputs.cfg.seed),
     "classfree": lambda inputs, m: classfree_params(inputs),
+    "knn": lambda inputs, m: knn_params(inputs, m),
 }
+
+
+def knn_params(inputs: HeadInputs, method: str) -> dict[str, torch.Tensor]:
+    """The training split's labelled segment prototypes (a segment no labelled pixel falls in is left out)."""
+    prototypes, labels = inputs.samples["knn"][method]
+    keep = labels != IGNORE_INDEX
+    if not keep.any():
+        raise ConfigError(f"k-NN: no labelled segment in {inputs.cfg.probe_root or inputs.cfg.data_root}")
+    return {"prototypes": prototypes[keep], "labels": labels[keep], "num_classes": torch.tensor(len(inputs.names)),
+            "k": torch.tensor(inputs.cfg.knn_k), "num_segments": torch.tensor(inputs.cfg.knn_segments)}
 
 
 def classfree_params(inputs: HeadInputs) -> dict[str, torch.Tensor]:
@@ -162,6 +175,13 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dic
         work = SampleWork(sources, fit_methods, cfg.num_per_image, options, cfg.seed)
         fitted = tqdm(mapper(rows, fit_methods, work), total=len(rows), desc="fit", unit="img")
         samples = gather_samples(fitted, cfg.max_fit_pixels, cfg.seed)
+    knn_methods = tuple(sorted({h.method for h in wanted.values() if h.kind == "knn"}))
+    if knn_methods:  # the labelled training split's own segments, as prototypes
+        train = {"knn": open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split)}
+        rows = [{"part": "knn", "index": i} for i in _first(len(train["knn"]), cfg.max_images)]
+        work = SampleWork(train, knn_methods, cfg.num_per_image, options, cfg.seed, segments=cfg.knn_segments)
+        fitted = tqdm(mapper(rows, knn_methods, work), total=len(rows), desc="k-NN prototypes", unit="img")
+        samples.update(gather_samples(fitted, len(rows) * cfg.knn_segments, cfg.seed))
     inputs = HeadInputs(cfg, data.class_names, seen, loaded, samples)
     return {key: Head(h.method, h.kind, HEAD_PARAMS[h.kind](inputs, h.method)) for key, h in wanted.items()}
 
@@ -230,13 +250,14 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         log.info("class-free task left out: %s holds no prototypes of its teacher's features", cfg.checkpoint)
         tasks.remove("classfree")
     probe_root = cfg.probe_root or cfg.data_root
-    if "probe" in tasks and cfg.dataset == "generic" and probe_root.rstrip("/") == cfg.data_root.rstrip("/"):
+    trained = [t for t in ("probe", "knn") if t in tasks]  # tasks fitted on labels: the probe's split
+    if trained and cfg.dataset == "generic" and probe_root.rstrip("/") == cfg.data_root.rstrip("/"):
         # a generic folder is one split: a probe fitted there would be scored on its own training images
         if cfg.task != "all":
-            raise ConfigError(f"{cfg.data_root} is one split: the probe would be scored on the images it trains on; "
-                              "give --probe-root another labelled folder")
-        log.info("probe task left out: %s is one split and no --probe-root was given", cfg.data_root)
-        tasks.remove("probe")
+            raise ConfigError(f"{cfg.data_root} is one split: the {' and '.join(trained)} would be scored on the "
+                              "images they learn from; give --probe-root another labelled folder")
+        log.info("%s left out: %s is one split and no --probe-root was given", " and ".join(trained), cfg.data_root)
+        tasks = [t for t in tasks if t not in trained]
     if mapper is None:  # after every check: a user's mistake starts no cluster
         init_ray(cfg.num_cpus or None)
         mapper = RayMapper(spec, cfg.num_workers)
@@ -260,7 +281,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
         "methods": {m: METHOD_TITLES[m] for m in all_methods}, "tasks": results,
         "probe": {"root": probe_root, "split": "the folder" if cfg.dataset == "generic" else cfg.probe_split}
-        if "probe" in methods else None,
+        if {"probe", "knn"} & set(methods) else None,
         "seconds": time.time() - started,
     })
     fs, root = filesystem(cfg.output)

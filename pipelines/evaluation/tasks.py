@@ -84,6 +84,8 @@ TASKS: dict[str, Task] = {
     "unseen": Task("language", ("teacher", "teacher_matched"), unseen_scores,
                    (("mIoU seen", "miou_seen"), ("mIoU unseen", "miou_unseen"), ("hIoU", "hiou"))),
     "probe": Task("probe", ("untrained", "teacher", "teacher_matched"), language_scores, (("probe mIoU", "miou"), ("probe acc", "pixel_acc"))),
+    "knn": Task("knn", ("untrained", "teacher", "teacher_matched"), language_scores,
+                (("k-NN mIoU", "miou"), ("k-NN acc", "pixel_acc"))),
     "classfree": Task("classfree", ("teacher", "teacher_matched"), classfree_scores,
                       (("class-free mIoU", "miou"), ("class-free unseen", "miou_unseen"),
                        ("seen px called unknown", "seen_pixels_unknown"))),

@@ -21,7 +21,14 @@ from formats.model_file import load_model
 from formats.teacher_weights import check_teacher, load_teacher
 from model.baselines import RawPixels, TeacherNet
 from model.clip_teacher import Teacher, TeacherConfig
-from model.inference import InferenceOptions, default_device, grid_samples, image_tensor, multiscale_outputs
+from model.inference import (
+    InferenceOptions,
+    default_device,
+    grid_samples,
+    image_tensor,
+    multiscale_outputs,
+    segment_samples,
+)
 from model.metrics import IGNORE_INDEX
 from model.network import SegNet, build_network
 
@@ -129,6 +136,7 @@ class SampleWork:
     num_per_image: int
     options: InferenceOptions
     seed: int = 0
+    segments: int = 0  # > 0: the image's own segments as labelled prototypes (k-NN protocol), not cells
 
     @torch.no_grad()
     def __call__(self, models: dict[str, nn.Module], row: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +152,9 @@ class SampleWork:
             # the same cells for every network of equal stride, whichever actor draws them
             rng = np.random.default_rng([self.seed, index, sorted(self.sources).index(part)])
             out = multiscale_outputs(models[m], x, self.options)
-            result[f"emb/{m}"], result[f"lab/{m}"] = grid_samples(out, mask, models[m].output_stride,
-                                                                  self.num_per_image, rng)
+            result[f"emb/{m}"], result[f"lab/{m}"] = (
+                segment_samples(out, mask, models[m].output_stride, self.segments, self.seed) if self.segments
+                else grid_samples(out, mask, models[m].output_stride, self.num_per_image, rng))
         return result
 
 

@@ -1,5 +1,6 @@
-"""Inference: tiled dense outputs, text-driven, clustered and class-free labels."""
+"""Inference: tiled dense outputs, text-driven, clustered, class-free and k-NN labels."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,8 +11,10 @@ from model.inference import (
     cluster_labels,
     dense_outputs,
     fit_clusters,
+    knn_labels,
     language_labels,
     name_prototypes,
+    segment_samples,
 )
 from model.network import ModelOutput, NetworkConfig, build_network
 from model.prototypes import SemanticTargets
@@ -74,3 +77,27 @@ def test_fit_clusters_recovers_planted_centres_and_labels_pixels():
     out = ModelOutput(embeddings=directions.T.reshape(1, 6, 1, 3), clip=torch.zeros(1, 1, 1, 3))
     labels = cluster_labels(out, centres, (1, 3))[0, 0]
     assert sorted(labels.tolist()) == [0, 1, 2]
+
+
+def test_knn_labels_each_segment_by_the_vote_of_its_k_nearest_training_segments():
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    # an image whose left half points at a, right half at b: two segments of its own
+    grid = torch.stack([a] * 2 + [b] * 2).T.reshape(3, 1, 4).expand(3, 2, 4).contiguous()
+    out = ModelOutput(grid[None], grid[None])
+    # training segments: three of class 0 about a, two of class 1 about b, one of class 0 leaning to b
+    protos = F.normalize(torch.stack([a, a + 0.1 * b, a + 0.2 * b, b, b + 0.1 * a, b + 0.6 * a]), dim=-1)
+    params = {"prototypes": protos, "labels": torch.tensor([0, 0, 0, 1, 1, 0]), "num_classes": torch.tensor(3),
+              "k": torch.tensor(3), "num_segments": torch.tensor(4)}
+    labels = knn_labels(out, params, (2, 4))
+    assert labels.tolist() == [[[0, 0, 1, 1], [0, 0, 1, 1]]]  # b's 3 nearest: two of class 1, one of class 0
+    params["k"] = torch.tensor(6)  # all six vote: class 0 everywhere
+    assert knn_labels(out, params, (2, 4)).unique().tolist() == [0]
+
+
+def test_segment_samples_label_each_segment_by_its_cells_majority():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    grid = torch.stack([a, a, b, b]).T.reshape(2, 1, 4)
+    mask = np.array([[3, 255, 7, 7]], np.uint8)  # stride 1: the cell centres are the pixels
+    rows, labels = segment_samples(ModelOutput(grid[None], grid[None]), mask, 1, num_segments=3)
+    assert rows.shape == (3, 2) and sorted(labels.tolist()) == [3, 7, 255]  # a third, empty segment: ignored
+    assert np.allclose(rows[labels == 3], [1.0, 0.0]) and np.allclose(rows[labels == 7], [0.0, 1.0])

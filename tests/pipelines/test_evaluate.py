@@ -87,7 +87,7 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path, capsys
     probe = flat_colour_dataset(tmp_path / "probe")  # the same scenes, a folder of its own
     cfg = EvalConfig(checkpoint=checkpoint, dataset="generic", data_root=str(data), output=str(tmp_path / "out"),
                      baselines=False, unseen=("cat",), num_panels=1, probe_epochs=40, probe_lr=0.1,
-                     probe_root=str(probe))
+                     probe_root=str(probe), knn_k=3)  # 3 images: at most 3 training segments of a class
     report = run(cfg, LocalMapper(spec, {"student": Oracle(prototypes)}))
     tasks = report["tasks"]
     # the bars count images: fitting reads the evaluated and the probe folder, scoring the evaluated one
@@ -95,14 +95,14 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path, capsys
     bars = capsys.readouterr().err
     assert "fit: 100%" in bars and f"{2 * num_images}/{2 * num_images}" in bars
     assert "score: 100%" in bars and f"{num_images}/{num_images}" in bars
-    assert set(tasks) == {"language", "unsupervised", "unseen", "probe"}
+    assert set(tasks) == {"language", "unsupervised", "unseen", "probe", "knn"}
     assert report["probe"] == {"root": str(probe), "split": "the folder"}
     # without a probe folder of its own, "all" leaves the probe out and "probe" is refused
     same = run(dataclasses.replace(cfg, probe_root="", output=str(tmp_path / "same")), LocalMapper(spec, {}))
-    assert "probe" not in same["tasks"] and same["probe"] is None
+    assert not {"probe", "knn"} & set(same["tasks"]) and same["probe"] is None
     with pytest.raises(ConfigError, match="one split"):
         run(dataclasses.replace(cfg, probe_root="", task="probe"), LocalMapper(spec, {}))
-    for task in ("language", "unsupervised", "probe"):
+    for task in ("language", "unsupervised", "probe", "knn"):
         assert tasks[task]["student"]["miou"] == pytest.approx(1.0), task
         assert tasks[task]["student"]["pixel_acc"] == pytest.approx(1.0), task
     # each class is exactly one cluster, in k-means' own order; the Hungarian matching maps it back
@@ -157,7 +157,8 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
     # the teacher (stride 32) also at the student's grid (stride 8): its input enlarged 4 times
     teachers = {"teacher", "teacher_matched"}
     expected = {"language": {"student", *teachers}, "unsupervised": {"student", "pixels", "untrained", *teachers},
-                "unseen": {"student", *teachers}, "probe": {"student", "untrained", *teachers}}
+                "unseen": {"student", *teachers}, "probe": {"student", "untrained", *teachers},
+                "knn": {"student", "untrained", *teachers}}
     assert {t: set(by_method) for t, by_method in report["tasks"].items()} == expected
     for task, by_method in report["tasks"].items():
         for method, scores in by_method.items():
