@@ -65,6 +65,20 @@ def language_labels(out: ModelOutput, text_prototypes: torch.Tensor, size: tuple
     return upsample_labels(cosine_logits(out.clip, text_prototypes), size)
 
 
+# CLIP's own logit scale (100): the softmax over class names a background threshold is read against
+BACKGROUND_TEMPERATURE = 0.01
+
+
+def thresholded_labels(out: ModelOutput, text_prototypes: torch.Tensor, background: int, threshold: float,
+                       size: tuple[int, int]) -> torch.Tensor:
+    """Background by a score threshold, as open-vocabulary papers report VOC-21 and Context-60: the
+    foreground names [C - 1, Dc] (all but class `background`) are prompted; a pixel is background where
+    its best name's softmax probability (CLIP's scale) is below `threshold`."""
+    probs = cosine_logits(out.clip, text_prototypes, BACKGROUND_TEMPERATURE).softmax(1)  # [B, C - 1, h, w]
+    scores = torch.cat([probs[:, :background], torch.full_like(probs[:, :1], threshold), probs[:, background:]], 1)
+    return upsample_labels(scores, size)
+
+
 # The semantic term's teacher temperature in the default training config (model.objective.LossConfig):
 # the class-free head splits a pixel between names and unknown prototypes as training did
 CLASSFREE_TEMPERATURE = 0.03
@@ -179,7 +193,9 @@ def _probe_labels(out: ModelOutput, params: dict[str, torch.Tensor], size: tuple
 
 # How a head turns one network's outputs into labels [B, H, W]: (outputs, params, size) -> labels.
 HEADS: dict[str, Callable[[ModelOutput, dict[str, torch.Tensor], tuple[int, int]], torch.Tensor]] = {
-    "language": lambda out, p, size: language_labels(out, p["prototypes"], size),
+    "language": lambda out, p, size: (
+        thresholded_labels(out, p["prototypes"], int(p["background"]), float(p["threshold"]), size)
+        if "threshold" in p else language_labels(out, p["prototypes"], size)),
     "classfree": lambda out, p, size: classfree_labels(
         out, SemanticTargets(p["known"], p["centres"], p["explained"].bool()), size),
     "clusters": lambda out, p, size: cluster_labels(out, p["centres"], size),

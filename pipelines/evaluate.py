@@ -78,6 +78,12 @@ class EvalConfig:
     unseen: tuple[str, ...] = field(default=(), metadata={"help": "unseen class names; default: the MaskCLIP+ split"})
     probe_split: str = "train"
     probe_root: str = field(default="", metadata={"help": "data root of the probe's split; default --data-root"})
+    background: str = field(default="prompt", metadata={
+        "help": "how a class named background is found by the language head: prompt (its name, as any class; "
+                "MaskCLIP's protocol) or threshold (no prompt; where the best name's probability is below "
+                "--background-threshold, as many open-vocabulary papers report VOC-21 and Context-60)"})
+    background_threshold: float = field(default=0.5, metadata={
+        "help": "with --background threshold: CLIP-scaled softmax probability; choose it on a dev split"})
     knn_k: int = field(default=20, metadata={"help": "k-NN task: training segments that vote (HSG's 20)"})
     knn_segments: int = field(default=16, metadata={"help": "k-NN task: segments per image (k-means of its embeddings)"})
     probe_epochs: int = 10
@@ -99,6 +105,8 @@ class EvalConfig:
         for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels", "knn_k", "knn_segments"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.background not in ("prompt", "threshold") or not 0 < self.background_threshold < 1:
+            raise ConfigError("background must be prompt or threshold, background_threshold in (0, 1)")
         if {"unseen", "classfree"} & set(self.tasks) and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:
             raise ConfigError(f"{self.dataset} has no built-in zero-shot split: name the unseen classes with --unseen")
 
@@ -125,7 +133,7 @@ class HeadInputs:
 # How each head's parameters are made for one method: the class names through the teacher's text
 # encoder (prompt ensembling), k-means over drawn pixel embeddings, or a probe trained on them.
 HEAD_PARAMS: dict[str, Callable[[HeadInputs, str], dict[str, torch.Tensor]]] = {
-    "language": lambda inputs, m: {"prototypes": inputs.prototypes},
+    "language": lambda inputs, m: language_params(inputs),
     "clusters": lambda inputs, m: {"centres": fit_clusters(inputs.samples["clusters"][m][0], len(inputs.names),
                                                            seed=inputs.cfg.seed)},
     "probe": lambda inputs, m: train_probe(*inputs.samples["probe"][m], len(inputs.names), inputs.cfg.probe_epochs,
@@ -133,6 +141,23 @@ HEAD_PARAMS: dict[str, Callable[[HeadInputs, str], dict[str, torch.Tensor]]] = {
     "classfree": lambda inputs, m: classfree_params(inputs),
     "knn": lambda inputs, m: knn_params(inputs, m),
 }
+
+
+def language_params(inputs: HeadInputs) -> dict[str, torch.Tensor]:
+    """Every class's prompt; with --background threshold, every class but the background's, and the threshold."""
+    if inputs.cfg.background == "prompt":
+        return {"prototypes": inputs.prototypes}
+    index = background_index(inputs.names)
+    keep = [i for i in range(len(inputs.names)) if i != index]
+    return {"prototypes": inputs.prototypes[keep], "background": torch.tensor(index),
+            "threshold": torch.tensor(inputs.cfg.background_threshold)}
+
+
+def background_index(names: list[str]) -> int:
+    found = [i for i, n in enumerate(names) if n.lower() == "background"]
+    if not found:
+        raise ConfigError("--background threshold needs a class named background (voc21, context60, or your own)")
+    return found[0]
 
 
 def knn_params(inputs: HeadInputs, method: str) -> dict[str, torch.Tensor]:
@@ -234,6 +259,8 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     started = time.time()
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.split)
     names, indices = data.class_names, _first(len(data), cfg.max_images)
+    if cfg.background == "threshold":
+        background_index(names)  # a ConfigError before any cluster starts
     unseen = set(cfg.unseen or ZERO_SHOT_UNSEEN.get(cfg.dataset, ()))
     if {"unseen", "classfree"} & set(cfg.tasks) and not unseen <= set(names):
         raise ConfigError(f"unseen classes {sorted(unseen - set(names))} are not classes of {cfg.dataset}")
@@ -276,6 +303,9 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     report = json_safe({
         "checkpoint": cfg.checkpoint, "dataset": cfg.dataset, "split": cfg.split, "num_images": len(indices),
         "class_names": names, "config": dataclasses.asdict(cfg),
+        "background": {"mode": cfg.background, **({"threshold": cfg.background_threshold}
+                                                   if cfg.background == "threshold" else {})}
+        if any(n.lower() == "background" for n in names) else None,
         "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained"),
                     "matched_upscale": upscale},
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,

@@ -64,6 +64,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     if report["teacher"]["random_init"]:
         lines += [f"**WARNING: the CLIP teacher ({report['teacher']['model']}) has RANDOM weights "
                   "(pretrained=''): text-driven scores mean nothing.**", ""]
+    background = report.get("background")
+    if background:  # which published numbers the language columns compare with
+        lines += [("Background: found by its name, prompted as any class (MaskCLIP's protocol)."
+                   if background["mode"] == "prompt" else
+                   f"Background: no prompt; where the best name's probability is below {background['threshold']} "
+                   "(the threshold protocol of many open-vocabulary papers)."), ""]
     lines += ["| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for m in methods:
         cells = [_percent(results[t][m][k]) if m in results[t] else "-" for t, _, k in columns]

@@ -15,6 +15,7 @@ from model.inference import (
     language_labels,
     name_prototypes,
     segment_samples,
+    thresholded_labels,
 )
 from model.network import ModelOutput, NetworkConfig, build_network
 from model.prototypes import SemanticTargets
@@ -101,3 +102,13 @@ def test_segment_samples_label_each_segment_by_its_cells_majority():
     rows, labels = segment_samples(ModelOutput(grid[None], grid[None]), mask, 1, num_segments=3)
     assert rows.shape == (3, 2) and sorted(labels.tolist()) == [3, 7, 255]  # a third, empty segment: ignored
     assert np.allclose(rows[labels == 3], [1.0, 0.0]) and np.allclose(rows[labels == 7], [0.0, 1.0])
+
+
+def test_a_background_threshold_labels_background_where_no_name_is_sure():
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    pixels = torch.stack([a, F.normalize(a + b, dim=0), b + 0.2 * a]).T.reshape(3, 1, 3)  # sure, torn, sure
+    out = ModelOutput(pixels[None], pixels[None])
+    labels = thresholded_labels(out, torch.stack([a, b]), background=0, threshold=0.6, size=(1, 3))
+    assert labels.tolist() == [[[1, 0, 2]]]  # names shift past the background's id 0
+    assert thresholded_labels(out, torch.stack([a, b]), background=2, threshold=0.4, size=(1, 3)).tolist() == \
+        [[[0, 0, 1]]]  # torn at 0.5 each: above 0.4, so a name (the first of the tie)

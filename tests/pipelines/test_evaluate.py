@@ -102,6 +102,9 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path, capsys
     assert not {"probe", "knn"} & set(same["tasks"]) and same["probe"] is None
     with pytest.raises(ConfigError, match="one split"):
         run(dataclasses.replace(cfg, probe_root="", task="probe"), LocalMapper(spec, {}))
+    with pytest.raises(ConfigError, match="needs a class named background"):
+        run(dataclasses.replace(cfg, background="threshold"), LocalMapper(spec, {}))
+    assert report["background"] is None  # no class of this dataset is background: nothing to say
     for task in ("language", "unsupervised", "probe", "knn"):
         assert tasks[task]["student"]["miou"] == pytest.approx(1.0), task
         assert tasks[task]["student"]["pixel_acc"] == pytest.approx(1.0), task
