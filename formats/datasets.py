@@ -101,6 +101,7 @@ class DatasetSpec:
     classes_file: str = ""
     id_map_file: str = ""
     reduce_zero_label: bool = False
+    curated: str = ""  # the image list the protocol scores, and where it comes from; "" = every image
 
 
 _VOC = ListLayout("ImageSets/Segmentation", "JPEGImages", "SegmentationClass")
@@ -117,7 +118,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "context60": DatasetSpec(_CONTEXT, "context60.txt"),
     "context59": DatasetSpec(_CONTEXT, "context60.txt", reduce_zero_label=True),
     "cocostuff171": DatasetSpec(_COCO, "cocostuff171.txt", "cocostuff171.json"),
-    "cocostuff27": DatasetSpec(_COCO, "cocostuff27.txt", "cocostuff27.json"),
+    # PiCIE and STEGO score IIC's curated subset (2,175 val images), not all of val2017
+    "cocostuff27": DatasetSpec(_COCO, "cocostuff27.txt", "cocostuff27.json", curated=(
+        "IIC's curated lists, {split}2017/Coco164kFull_Stuff_Coarse_7.txt of COCOStuff164kCurated.tar.gz "
+        "(https://www.robots.ox.ac.uk/~xuji/datasets/), as PiCIE and STEGO score")),
     "cityscapes19": DatasetSpec(_CITYSCAPES, "cityscapes19.txt", "cityscapes19.json"),
     "cityscapes27": DatasetSpec(_CITYSCAPES, "cityscapes27.txt", "cityscapes27.json"),
     "generic": DatasetSpec(_GENERIC),
@@ -176,7 +180,7 @@ class EvalDataset:
 
     ignore_index = IGNORE_INDEX
 
-    def __init__(self, spec: DatasetSpec, root: str, split: str = "val"):
+    def __init__(self, spec: DatasetSpec, root: str, split: str = "val", image_list: str = ""):
         self.fs, self.root = filesystem(root)
         if not self.fs.isdir(self.root):
             raise ConfigError(f"dataset root {root} not found")
@@ -186,6 +190,11 @@ class EvalDataset:
             self._entries = spec.layout.entries(self.fs, self.root, split)
         except FileNotFoundError as e:
             raise ConfigError(f"{root} is not in the layout of this dataset: {e.filename or e} not found") from None
+        if image_list:
+            self._entries = _listed(self._entries, image_list.format(split=split), root)
+        elif spec.curated:
+            raise ConfigError(f"this protocol scores a curated image list, {spec.curated.format(split=split)}: "
+                              "give its path as --image-list (a {split} in it stands for the split)")
         self.class_names: list[str] = _class_names(spec, raw_names)
         self._lut = label_lut(spec, len(raw_names))
         self.names: list[str] = [e.name for e in self._entries]
@@ -205,14 +214,28 @@ class EvalDataset:
         return (self[i] for i in range(len(self)))
 
 
-def open_dataset(name: str, root: str, split: str = "val") -> EvalDataset:
+def _listed(entries: list[_Entry], image_list: str, root: str) -> list[_Entry]:
+    """The entries an image list names (one image id a line, as IIC's curated lists), in the list's order."""
+    fs, path = filesystem(image_list)
+    if not fs.isfile(path):
+        raise ConfigError(f"image list {image_list} not found")
+    wanted = _read_lines(fs.cat_file(path))
+    by_name = {e.name: e for e in entries}
+    missing = [n for n in wanted if n not in by_name]
+    if missing:
+        raise ConfigError(f"{len(missing)} of the {len(wanted)} images {image_list} names are not under {root} "
+                          f"(the first: {missing[0]})")
+    return [by_name[n] for n in wanted]
+
+
+def open_dataset(name: str, root: str, split: str = "val", image_list: str = "") -> EvalDataset:
     """The `split` of dataset `name` (a key of DATASETS) stored at `root` (local path or URL).
 
     "generic" holds one split per folder, so its `root` is the split's folder and `split` is unused.
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return EvalDataset(DATASETS[name], root, split)
+    return EvalDataset(DATASETS[name], root, split, image_list)
 
 
 def seen_mask(name: str, class_names: list[str]) -> np.ndarray:

@@ -68,6 +68,9 @@ class EvalConfig:
     output: str = field(metadata={"help": "local folder or fsspec prefix for the report"})
     task: str = field(default="all", metadata={"help": "all, or some of " + "/".join(TASKS) + ", comma-separated"})
     split: str = "val"
+    image_list: str = field(default="", metadata={
+        "help": "score only the images this file names, one id a line ({split} in the path: the split's own list); "
+                "cocostuff27 requires IIC's curated list"})
     max_images: int = field(default=0, metadata={"help": "first N images of each split; 0 = all"})
     window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
     scales: tuple[float, ...] = (1.0,)
@@ -192,7 +195,7 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dic
     if any(h.kind == "clusters" for h in wanted.values()):
         sources["clusters"] = data  # the split being scored: clustering sees no labels
     if any(h.kind == "probe" for h in wanted.values()):
-        sources["probe"] = open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split)
+        sources["probe"] = open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split, cfg.image_list)
     samples = {}
     if sources:
         fit_methods = tuple(sorted({h.method for h in wanted.values() if h.kind in sources}))
@@ -202,7 +205,7 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dic
         samples = gather_samples(fitted, cfg.max_fit_pixels, cfg.seed)
     knn_methods = tuple(sorted({h.method for h in wanted.values() if h.kind == "knn"}))
     if knn_methods:  # the labelled training split's own segments, as prototypes
-        train = {"knn": open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split)}
+        train = {"knn": open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split, cfg.image_list)}
         rows = [{"part": "knn", "index": i} for i in _first(len(train["knn"]), cfg.max_images)]
         work = SampleWork(train, knn_methods, cfg.num_per_image, options, cfg.seed, segments=cfg.knn_segments)
         fitted = tqdm(mapper(rows, knn_methods, work), total=len(rows), desc="k-NN prototypes", unit="img")
@@ -257,7 +260,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     """Evaluate every task of `cfg`; returns the report (also written to cfg.output)."""
     spec = ModelSpec(cfg.checkpoint, cfg.clip_model, cfg.clip_pretrained, cfg.seed)
     started = time.time()
-    data = open_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    data = open_dataset(cfg.dataset, cfg.data_root, cfg.split, cfg.image_list)
     names, indices = data.class_names, _first(len(data), cfg.max_images)
     if cfg.background == "threshold":
         background_index(names)  # a ConfigError before any cluster starts

@@ -134,7 +134,10 @@ def test_cocostuff171_maps_to_contiguous_classes(coco_root):
 
 
 def test_cocostuff27_uses_the_stego_coarse_classes(coco_root):
-    fine, coarse = open_dataset("cocostuff171", str(coco_root)), open_dataset("cocostuff27", str(coco_root))
+    curated = coco_root / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt"
+    _put(curated, b"000000000139\n000000000285\n")
+    fine = open_dataset("cocostuff171", str(coco_root))
+    coarse = open_dataset("cocostuff27", str(coco_root), image_list=str(coco_root / "curated/{split}2017/Coco164kFull_Stuff_Coarse_7.txt"))
     assert _names(coarse, coarse[0].mask)[1:] == [
         ["textile", "sky", "wall", "solid"],
         [None, "animal", "plant", "water"],
@@ -148,6 +151,21 @@ def test_cocostuff27_uses_the_stego_coarse_classes(coco_root):
     assert len(table) == 171 and set(table.values()) == set(range(27))
     assert all((k < 80) == (v < 12) for k, v in table.items())
     assert coarse.class_names[:3] == ["electronic", "appliance", "food"] and coarse.class_names[-1] == "water"
+
+
+def test_cocostuff27_scores_the_curated_list_and_only_it(coco_root):
+    with pytest.raises(ConfigError, match="Coco164kFull_Stuff_Coarse_7.txt"):
+        open_dataset("cocostuff27", str(coco_root))  # every val image is not the protocol
+    listed = coco_root / "val2017.txt"
+    _put(listed, b"000000000285\n")
+    ds = open_dataset("cocostuff27", str(coco_root), image_list=str(listed))
+    assert ds.names == ["000000000285"] and len(ds) == 1
+    _put(listed, b"000000000285\n000000000999\n")
+    with pytest.raises(ConfigError, match="1 of the 2 images .* are not under"):
+        open_dataset("cocostuff27", str(coco_root), image_list=str(listed))
+    # any dataset takes a list: the first image only
+    _put(listed, b"000000000139\n")
+    assert open_dataset("cocostuff171", str(coco_root), image_list=str(listed)).names == ["000000000139"]
 
 
 @pytest.fixture
