@@ -43,7 +43,7 @@ from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
 from model.inference import Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX, confusion_matrix
-from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, write_panels
+from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, per_class_tables, write_panels
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import encode_png
@@ -321,7 +321,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     fs.makedirs(root, exist_ok=True)
     write_json_atomic(fs, join(root, "report.json"), report)
     table = markdown_table(report)
-    write_bytes_atomic(fs, join(root, "report.md"), table.encode())
+    write_bytes_atomic(fs, join(root, "report.md"), (table + "\n" + per_class_tables(report)).encode())
     write_panels(cfg.output, data, panel_labels, methods, results)
     print(table)
     return report

@@ -38,7 +38,7 @@ from formats.sidecar import STORAGE_FORMATS
 from formats.teacher_weights import check_teacher
 from model.superpixels import SuperpixelConfig
 from pipelines import embed, evaluate, shard
-from pipelines.evaluation.report import markdown_table
+from pipelines.evaluation.report import markdown_table, per_class_tables
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")
@@ -236,7 +236,11 @@ def run(cfg: MainConfig) -> int:
         return 1
     model_file = stage_train(cfg)
     report = stage_evaluate(cfg, model_file)
-    path = write_report(cfg.path(), markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"))
+    loss = parse_config(TrainConfig, cfg.train_args()).loss
+    weights = {"contrastive": loss.contrastive_weight, "embedding": loss.embedding_weight,
+               "semantic": loss.semantic_weight}
+    path = write_report(cfg.path(), markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"),
+                        weights, per_class_tables(report))
     print(open(path).read())
     print(f"report: {path}")
     return 0

@@ -10,6 +10,7 @@ import numpy as np
 
 from common.storage import filesystem, join, write_bytes_atomic
 from formats.datasets import EvalDataset
+from model.metrics import IGNORE_INDEX, confusion_matrix
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS
 from pipelines.inference.pictures import colorize, compose, encode_png
 from pipelines.inference.predict import METHODS
@@ -22,7 +23,8 @@ def panel_indices(num_images: int, num_panels: int) -> frozenset[int]:
 
 def write_panels(output: str, data: EvalDataset, labels: dict[int, dict[str, np.ndarray]],
                  methods: dict[str, list[str]], results: dict[str, dict[str, dict]]) -> None:
-    """panels/TASK_NAME.png: image, ground truth and each method's prediction, with a legend."""
+    """panels/TASK_NAME.png: image, ground truth and each method's prediction titled with its mIoU (%) on
+    this image, with a legend of the classes shown."""
     fs, root = filesystem(join(output, "panels"))
     fs.makedirs(root, exist_ok=True)
     for index, by_head in sorted(labels.items()):
@@ -34,10 +36,20 @@ def write_panels(output: str, data: EvalDataset, labels: dict[int, dict[str, np.
                 pred = by_head[f"{TASKS[task].head}/{m}"]
                 if "cluster_to_class" in by_method[m]:  # show clusters in the colours of their matched classes
                     pred = np.asarray(by_method[m]["cluster_to_class"])[pred]
-                tiles.append((m, colorize(pred)))
+                tiles.append((f"{m} {100 * image_miou(pred, sample.mask, len(data.class_names)):.0f}", colorize(pred)))
                 present |= set(np.unique(pred))
             picture = compose(tiles, data.class_names, present)
             write_bytes_atomic(fs, join(root, f"{task}_{sample.name}.png"), encode_png(picture))
+
+
+def image_miou(pred: np.ndarray, mask: np.ndarray, num_classes: int) -> float:
+    """mIoU of one label map over the classes in its ground truth or prediction; a pixel labelled no class
+    (IGNORE_INDEX: a class-free cluster left unmatched) is wrong."""
+    pred = np.where(pred == IGNORE_INDEX, num_classes, pred)
+    conf = confusion_matrix(pred, mask, num_classes, num_pred=num_classes + 1)  # the last column: no class
+    union = conf[:, :num_classes].sum(0) + conf.sum(1) - np.diag(conf)
+    shown = union > 0
+    return float((np.diag(conf)[shown] / union[shown]).mean()) if shown.any() else float("nan")
 
 
 def json_safe(value: Any) -> Any:
@@ -75,3 +87,19 @@ def markdown_table(report: dict[str, Any]) -> str:
         cells = [_percent(results[t][m][k]) if m in results[t] else "-" for t, _, k in columns]
         lines.append(f"| {METHOD_TITLES[m]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def per_class_tables(report: dict[str, Any]) -> str:
+    """A table per task: a row per class, a column per method, IoU in percent ("-": the class is in neither
+    ground truth nor prediction); what a mean over classes hides."""
+    lines = ["## Per-class IoU (%)", ""]
+    for task, by_method in report["tasks"].items():
+        methods = [m for m in METHODS if m in by_method and "iou" in by_method[m]]
+        if not methods:
+            continue
+        lines += [f"### {task}", "", "| class | " + " | ".join(METHOD_TITLES[m] for m in methods) + " |",
+                  "|---" * (len(methods) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_percent(by_method[m]["iou"].get(name)) for m in methods) + " |"
+                  for name in report["class_names"]]
+        lines.append("")
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ from model.clip_teacher import TeacherConfig, text_prototypes
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines import evaluate
 from pipelines.evaluate import EvalConfig, main, run
-from pipelines.evaluation.report import json_safe, markdown_table
+from pipelines.evaluation.report import image_miou, json_safe, markdown_table, per_class_tables
 from pipelines.evaluation.tasks import classfree_scores
 from pipelines.inference.predict import LocalMapper, ModelSpec
 
@@ -137,6 +137,19 @@ def test_markdown_table_in_percent_with_gaps_and_the_random_teacher_warning():
     assert "| CLIP teacher alone (MaskCLIP) | - | 25.0 | - | - |" in table
     assert "| k-means on raw pixels | - | - | 0.0 | 50.0 |" in table
     assert json_safe({"iou": [float("nan"), 0.5]}) == {"iou": [None, 0.5]}
+    report["class_names"] = ["sky", "cat"]
+    report["tasks"]["language"]["student"]["iou"] = {"sky": 0.5, "cat": None}
+    per_class = per_class_tables(report)
+    assert "### language" in per_class and "| class | student |" in per_class  # the teacher has no per-class IoU
+    assert "| sky | 50.0 |" in per_class and "| cat | - |" in per_class
+    assert "### unsupervised" not in per_class
+
+
+def test_a_panels_title_carries_the_images_miou_and_an_unmatched_cluster_is_wrong():
+    mask = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    assert image_miou(mask.clip(0, 1), mask, 3) == pytest.approx(1.0)  # class 2 in neither: not averaged
+    pred = np.array([[0, 0, 1, 255], [0, 0, 1, 1]])  # one pixel of class 1 labelled no class
+    assert image_miou(pred, mask, 3) == pytest.approx((1 + 2 / 3) / 2)
 
 
 def test_a_bad_task_is_a_config_error(checkpoint, corpus, tmp_path):
@@ -172,7 +185,9 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
     assert report["teacher"]["random_init"] is True and report["network"]["output_stride"] == 8
     table = (out / "report.md").read_text()
     assert report["teacher"]["matched_upscale"] == 4
-    assert "RANDOM weights" in table and table.count("\n| ") == 6  # header and five methods
+    summary, per_class = table.split("## Per-class IoU")
+    assert "RANDOM weights" in summary and summary.count("\n| ") == 6  # header and five methods
+    assert "| dotted |" in per_class and "### knn" in per_class
     panels = sorted(p.name for p in (out / "panels").iterdir())
     assert panels == sorted(f"{t}_{n}.png" for t in expected for n in ("000000", "000003"))
     assert Image.open(out / "panels" / "unsupervised_000000.png").size[1] >= 64
