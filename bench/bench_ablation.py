@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / "ablation"))
+    parser.add_argument("--split", choices=("test", "dev"), default="test",
+                        help="the corpus split each run's report scores (the table's figures: test)")
     parser.add_argument("--tabulate-only", action="store_true")
     args = parser.parse_args(argv)
     root = Path(args.runs_root)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for key, (_, extra) in ROWS.items():
                 flags = [f"{extra[1]},run.seed={seed}" if f == extra[1] else f for f in extra]
-                run(root, f"{key}-s{seed}", flags)
+                run(root, f"{key}-s{seed}", flags, split=args.split)
     print("| objective | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for key, (title, _) in ROWS.items():

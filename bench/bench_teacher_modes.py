@@ -23,13 +23,14 @@ MODES = {"precomputed": [], "online": ["--clip-storage", "none"]}
 COLUMNS = {"language mIoU": 0, "unsupervised mIoU": 2, "mIoU unseen": 5, "hIoU": 6, "probe mIoU": 7}  # report.md cells
 
 
-def run(root: Path, name: str, args: list[str]) -> None:
-    """`pipelines/main.py --quick --name NAME ARGS` under `root`, unless its report is there already."""
+def run(root: Path, name: str, args: list[str], split: str = "dev") -> None:
+    """`pipelines/main.py --quick --name NAME --eval-split SPLIT ARGS` under `root`, unless its report is there
+    already. A comparison that chooses a setting scores the dev split; a figure to report, the test split."""
     if (root / name / "report.md").exists():
         return
     with open(root / f"{name}.log", "w") as log:
-        subprocess.run([sys.executable, "pipelines/main.py", "--quick", "--name", name, "--runs-root", str(root), *args],
-                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([sys.executable, "pipelines/main.py", "--quick", "--name", name, "--runs-root", str(root),
+                        "--eval-split", split, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
 def student_row(report: Path) -> list[float]:

@@ -34,12 +34,12 @@ def plot_losses(metrics_jsonl: str, png: str, weights: dict[str, float]) -> None
 
 
 def write_report(run_root: str, table: str, teacher_note: str, metrics_jsonl: str, loss_weights: dict[str, float],
-                 per_class: str = "") -> str:
+                 per_class: str = "", scored_on: str = "") -> str:
     """runs/NAME/report.md (the evaluation's Markdown `table` first, its `per_class` tables last) beside
     loss_curve.png and the evaluation's panels; returns its path."""
     plot_losses(metrics_jsonl, os.path.join(run_root, "loss_curve.png"), loss_weights)
     panels = sorted(f for f in os.listdir(os.path.join(run_root, "eval", "panels")) if f.endswith(".png"))
-    lines = [table, f"Teacher: {teacher_note}.", "",
+    lines = [table, *([f"Scored on {scored_on}.", ""] if scored_on else []), f"Teacher: {teacher_note}.", "",
              "Methods: the trained student; the CLIP teacher alone through MaskCLIP's dense path on every task "
              "(its dense features clustered, probed and k-NN-voted for the label-free tasks), at its own grid "
              "and with its input enlarged until its grid is the student's; k-means on raw pixels and an "

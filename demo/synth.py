@@ -135,9 +135,14 @@ def write_labelled(output: str, split: str, count: int, first_seed: int, size: i
     fs.pipe_file(f"{root}/classes.txt", ("\n".join(CLASSES) + "\n").encode())
 
 
-def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, seed: int = 0, num_probe: int = 0) -> None:
-    """Unlabelled training images with captions (train/), the labelled validation set (val/) and,
-    optionally, a labelled set to fit linear probes on (probe/); disjoint seed ranges keep them apart."""
+TEST_SEEDS = 900_000  # where the test split's scenes start, past val's (500,000) and probe's (700,000)
+
+
+def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, seed: int = 0, num_probe: int = 0,
+                 num_test: int = 0) -> None:
+    """Unlabelled training images with captions (train/), the labelled validation set (val/, the dev split
+    settings are chosen on) and, optionally, a labelled set to fit linear probes on (probe/) and a
+    labelled test split no setting is chosen on (test/); disjoint seed ranges keep them apart."""
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/train", exist_ok=True)
@@ -148,6 +153,8 @@ def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, see
     write_labelled(output, "val", num_val, seed * 1_000_003 + 500_000, size)
     if num_probe:
         write_labelled(output, "probe", num_probe, seed * 1_000_003 + 700_000, size)
+    if num_test:
+        write_labelled(output, "test", num_test, seed * 1_000_003 + TEST_SEEDS, size)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,7 +52,11 @@ class MainConfig:
     name: str = field(default="demo", metadata={"help": "run name: outputs go to runs/NAME"})
     runs_root: str = "runs"
     num_train: int = 3000
-    num_val: int = 200
+    num_val: int = field(default=200, metadata={"help": "labelled dev scenes (corpus/val): what settings are chosen on"})
+    num_test: int = field(default=200, metadata={
+        "help": "labelled test scenes (corpus/test), a seed range of their own: what the report scores"})
+    eval_split: str = field(default="test", metadata={
+        "help": "the corpus split the report scores: test, or dev (choosing a setting: never on test)"})
     num_probe: int = 100
     image_size: int = 128
     samples_per_shard: int = 500
@@ -88,8 +92,12 @@ class MainConfig:
     num_cpus: int = 0
 
     def __post_init__(self):
-        if min(self.num_train, self.num_val, self.image_size, self.samples_per_shard, self.teacher_epochs) < 1:
-            raise ConfigError("num_train, num_val, image_size, samples_per_shard and teacher_epochs must be positive")
+        if min(self.num_train, self.num_val, self.num_test, self.image_size, self.samples_per_shard,
+               self.teacher_epochs) < 1:
+            raise ConfigError("num_train, num_val, num_test, image_size, samples_per_shard and teacher_epochs must be "
+                              "positive")
+        if self.eval_split not in ("test", "dev"):
+            raise ConfigError(f"eval_split must be test or dev, got {self.eval_split!r}")
         if self.teacher_lr_schedule not in ("cosine", "const"):
             raise ConfigError(f"teacher_lr_schedule must be cosine or const, got {self.teacher_lr_schedule!r}")
         if self.clip_storage not in STORAGE_FORMATS:
@@ -142,9 +150,12 @@ def stage_corpus(cfg: MainConfig) -> None:
     fs, _ = filesystem(cfg.path())
     marker = cfg.path("corpus", "_SUCCESS")
     if fs.exists(marker):
+        if not fs.exists(cfg.path("corpus", "test", "classes.txt")):  # a corpus made before the test split
+            synth.write_labelled(cfg.path("corpus"), "test", cfg.num_test, synth.TEST_SEEDS, cfg.image_size)
         log.info("corpus: already generated")
         return
-    synth.write_corpus(cfg.path("corpus"), cfg.num_train, cfg.num_val, cfg.image_size, num_probe=cfg.num_probe)
+    synth.write_corpus(cfg.path("corpus"), cfg.num_train, cfg.num_val, cfg.image_size, num_probe=cfg.num_probe,
+                       num_test=cfg.num_test)
     fs.pipe_file(marker, b"")
 
 
@@ -199,7 +210,7 @@ def stage_train(cfg: MainConfig) -> str:
 
 def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
     data_root, probe_root = (cfg.eval_root, cfg.probe_root) if cfg.train_images else \
-        (cfg.path("corpus", "val"), cfg.path("corpus", "probe"))
+        (cfg.path("corpus", "test" if cfg.eval_split == "test" else "val"), cfg.path("corpus", "probe"))
     # unseen and class-free need held-out classes, the probe a folder of its own
     tasks = [t for t in evaluate.TASKS if (cfg.held_out or t not in ("unseen", "classfree"))
              and (probe_root or t != "probe")]
@@ -207,6 +218,15 @@ def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
         "checkpoint": model_file, "dataset": "generic", "data_root": data_root, "output": cfg.path("eval"),
         "task": "all" if len(tasks) == len(evaluate.TASKS) else ",".join(tasks), "unseen": cfg.held_out,
         "probe_root": probe_root, "num_panels": 4, "num_cpus": cfg.num_cpus}))
+
+
+def scored_on(cfg: MainConfig) -> str:
+    if cfg.train_images:
+        return f"your evaluation folder {cfg.eval_root}"
+    if cfg.eval_split == "test":
+        return (f"the test split (corpus/test: {cfg.num_test} scenes from a seed range of their own, which no "
+                "setting was chosen on; settings were chosen on the dev split, corpus/val)")
+    return f"the dev split (corpus/val: {cfg.num_val} scenes, the split settings are chosen on; not a test figure)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +260,7 @@ def run(cfg: MainConfig) -> int:
     weights = {"contrastive": loss.contrastive_weight, "embedding": loss.embedding_weight,
                "semantic": loss.semantic_weight}
     path = write_report(cfg.path(), markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"),
-                        weights, per_class_tables(report))
+                        weights, per_class_tables(report), scored_on(cfg))
     print(open(path).read())
     print(f"report: {path}")
     return 0

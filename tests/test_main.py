@@ -24,6 +24,7 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     first_seconds = time.time() - started
     run = tmp_path / "e2e"
     report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["config"]["data_root"].endswith("corpus/test")  # the split no setting was chosen on
     unsupervised = report["tasks"]["unsupervised"]
     for task in ("language", "unsupervised", "unseen", "probe", "classfree"):
         for method, scores in report["tasks"][task].items():
@@ -35,7 +36,7 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     baselines = max(unsupervised["pixels"]["miou"], unsupervised["untrained"]["miou"])
     assert unsupervised["student"]["miou"] > 1.2 * baselines, {m: s["miou"] for m, s in unsupervised.items()}
     text = (run / "report.md").read_text()
-    assert "| student |" in text and "open_clip_train" in text
+    assert "| student |" in text and "open_clip_train" in text and "Scored on the test split" in text
     assert (run / "loss_curve.png").stat().st_size > 1000
     assert any(p.name.startswith("unsupervised_") for p in (run / "eval" / "panels").iterdir())
     assert "report:" in first.stdout
