@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +13,9 @@ from model.losses.embedding import DISTANCES, embedding_consistency
 from model.losses.semantic import semantic_consistency
 from model.network import ModelOutput
 from model.prototypes import TARGET_RULES, SemanticTargets
-from model.segmenter import SegmenterConfig, segment
+from model.segmenter import SegmenterConfig, prototypes, segment
+
+NEGATIVES = ("rank", "all_ranks")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class LossConfig:
     # "hierarchical" keeps CLIP's language signal across the modality gap; "flat" is the earlier rule,
     # under which the image-space prototypes take nearly all the mass (tests/model/test_semantic_targets.py)
     semantic_targets: str = "hierarchical"
+    # whose segments are a pixel's negatives: this rank's batch, or every rank's (HSG all-gathers them;
+    # the other ranks' come without gradient). The same on one worker.
+    negatives: str = "rank"
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def __post_init__(self):
@@ -38,6 +44,8 @@ class LossConfig:
             raise ValueError(f"embedding_distance {self.embedding_distance!r} unknown (choose from {', '.join(DISTANCES)})")
         if self.semantic_targets not in TARGET_RULES:
             raise ValueError(f"semantic_targets {self.semantic_targets!r} unknown (choose from {', '.join(TARGET_RULES)})")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives {self.negatives!r} unknown (choose from {', '.join(NEGATIVES)})")
         if min(self.contrastive_weight, self.embedding_weight, self.semantic_weight) < 0:
             raise ValueError("loss weights must be >= 0")
         if min(self.concentration, self.student_temperature, self.teacher_temperature) <= 0:
@@ -54,12 +62,15 @@ def regions_on_grid(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 
 def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Tensor, source: torch.Tensor,
-                   targets: SemanticTargets | None, cfg: LossConfig) -> dict[str, torch.Tensor]:
+                   targets: SemanticTargets | None, cfg: LossConfig,
+                   other_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Weighted terms and their sum ("total") for one batch of views.
 
     out: the network on all views [V, ...]; regions: [V, H, W] superpixels of each view;
     clip_dense: [V, Dc, h, w] CLIP features aligned to each view on the student grid;
-    source: [V] source image per view; targets: the names and centres (None: no semantic term).
+    source: [V] source image per view; targets: the names and centres (None: no semantic term);
+    other_ranks: this rank's segment prototypes [S, D] -> every other rank's [N, D] (a collective the
+    trainer supplies; with negatives "all_ranks" they join the contrastive term's negatives).
     """
     h, w = out.embeddings.shape[-2:]
     if clip_dense.shape[-2:] != (h, w):
@@ -67,7 +78,10 @@ def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Te
     terms: dict[str, torch.Tensor] = {}
     if cfg.contrastive_weight:
         segments = segment(out.embeddings, regions_on_grid(regions, (h, w)), cfg.segmenter, source)
-        terms["contrastive"] = pixel_segment_loss(out.embeddings, segments, cfg.concentration, cfg.exclude_own_segment)
+        extra = other_ranks(prototypes(out.embeddings, segments).detach()) \
+            if cfg.negatives == "all_ranks" and other_ranks is not None else None
+        terms["contrastive"] = pixel_segment_loss(out.embeddings, segments, cfg.concentration, cfg.exclude_own_segment,
+                                                  extra)
     if cfg.embedding_weight:
         terms["embedding"] = embedding_consistency(out.clip, clip_dense, cfg.embedding_distance)
     if cfg.semantic_weight and targets is not None and targets.num_classes:

@@ -39,3 +39,19 @@ def broadcast_tensor(tensor: torch.Tensor, device: torch.device, src: int = 0) -
     if distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def gather_from_others(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every other rank's `rows` [n_r, D] (counts may differ by rank), stacked [sum of n_r, D], on `rows`'
+    device; no gradient flows back through them. Empty with one rank."""
+    if not distributed():
+        return rows.new_zeros(0, rows.shape[1])
+    local = rows.detach().to(device)
+    counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([len(local)], device=device))
+    most = int(max(c.item() for c in counts))
+    padded = torch.cat([local, local.new_zeros(most - len(local), local.shape[1])])
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    me = dist.get_rank()
+    return torch.cat([g[: int(c.item())] for r, (g, c) in enumerate(zip(gathered, counts)) if r != me]).to(rows.device)

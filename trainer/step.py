@@ -13,6 +13,7 @@ from model.clip_teacher import Teacher, dense_features
 from model.network import ModelOutput, SegNet
 from model.objective import compute_losses
 from model.prototypes import SemanticTargets
+from trainer.collectives import backend_device, gather_from_others
 from trainer.config import TrainConfig
 
 # teacher.precision -> the autocast dtype of the online teacher's forward (None: fp32)
@@ -60,7 +61,9 @@ def forward_losses(net: SegNet, batch: dict, targets: SemanticTargets | None, cf
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.scaling.bf16):
         out = net(images)
     out = ModelOutput(F.normalize(out.embeddings.float(), dim=1), out.clip.float())
-    return compute_losses(out, batch["regions"], batch["clip"], batch["source"], targets, cfg.loss)
+    other_ranks = (lambda rows: gather_from_others(rows, backend_device(rows.device))) \
+        if cfg.loss.negatives == "all_ranks" else None
+    return compute_losses(out, batch["regions"], batch["clip"], batch["source"], targets, cfg.loss, other_ranks)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

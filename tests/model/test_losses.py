@@ -30,6 +30,22 @@ def test_contrastive_loss_hand_computed():
     assert math.isclose(pixel_segment_loss(emb, seg, 1.0, exclude_own=False).item(), with_own, rel_tol=1e-6)
 
 
+def test_other_ranks_segments_join_the_denominator_only():
+    emb, seg = three_pixels()
+    e = math.e
+    # one more segment, along e0, from another rank: a negative of every pixel, never a positive
+    extra = torch.tensor([[1.0, 0.0]])
+    expected = (2 * (math.log(3 * e + 1) - 1) + (math.log(e + 3) - 1)) / 3
+    assert math.isclose(pixel_segment_loss(emb, seg, 1.0, extra_negatives=extra).item(), expected, rel_tol=1e-6)
+    empty = pixel_segment_loss(emb, seg, 1.0, extra_negatives=torch.zeros(0, 2))
+    assert torch.equal(empty, pixel_segment_loss(emb, seg, 1.0))
+    # the gradient reaches this rank's embeddings only
+    emb.requires_grad_(True)
+    extra.requires_grad_(True)
+    pixel_segment_loss(emb, seg, 1.0, extra_negatives=extra.detach()).backward()
+    assert emb.grad is not None and extra.grad is None
+
+
 def test_contrastive_loss_prefers_embeddings_that_agree_with_regions():
     g = torch.Generator().manual_seed(0)
     regions = torch.zeros(2, 8, 8, dtype=torch.long)

@@ -49,6 +49,21 @@ def test_collectives_run_on_the_backend_device_and_every_rank_gets_rank_zeros_re
     assert device0 == "cpu" and set(seen0) == set(seen1) == {"cpu"} and len(seen1) >= 2
 
 
+def _gather_rank(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    rows = torch.full((2 + rank, 3), float(rank))  # 2 segments on rank 0, 3 on rank 1
+    results[rank] = collectives.gather_from_others(rows, collectives.backend_device(torch.device("cpu")))
+    dist.destroy_process_group()
+
+
+def test_each_rank_gets_every_other_ranks_segments_whatever_their_count():
+    results = mp.Manager().dict()
+    mp.spawn(_gather_rank, args=(_free_port(), results), nprocs=2, join=True)
+    assert torch.equal(results[0], torch.ones(3, 3)) and torch.equal(results[1], torch.zeros(2, 3))
+    assert collectives.gather_from_others(torch.ones(4, 3), torch.device("cpu")).shape == (0, 3)  # one rank
+
+
 def test_nccl_keeps_collective_tensors_on_the_gpu(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")

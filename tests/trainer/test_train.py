@@ -42,9 +42,11 @@ def metrics(root, name):
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_two_workers_train_and_export(prepared, zero_stage):
     name = f"zero{zero_stage}"
-    # the ZeRO 2 run also refreshes the unknown prototypes (rank 0 finds them, every rank receives them);
-    # the ZeRO 3 run, where parameters are sharded, runs bf16 autocast and gathers the fp32 master to export
-    extra = {2: {"refresh_unknown_every_steps": 4}, 3: {"scaling.bf16": True}}.get(zero_stage, {})
+    # the ZeRO 0 run takes every rank's segments as negatives (gathered on gloo, as on NCCL); the ZeRO 2 run
+    # also refreshes the unknown prototypes (rank 0 finds them, every rank receives them); the ZeRO 3 run,
+    # where parameters are sharded, runs bf16 autocast and gathers the fp32 master to export
+    extra = {0: {"loss.negatives": "all_ranks"}, 2: {"refresh_unknown_every_steps": 4},
+             3: {"scaling.bf16": True}}.get(zero_stage, {})
     result = train.run(config(prepared, name, **{"scaling.zero_stage": zero_stage}, **extra))
     assert result.error is None and result.checkpoint is not None
     losses = [m["loss/total"] for m in metrics(prepared, name)]
