@@ -63,14 +63,17 @@ def regions_on_grid(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Tensor, source: torch.Tensor,
                    targets: SemanticTargets | None, cfg: LossConfig,
-                   other_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                   other_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Weighted terms and their sum ("total") for one batch of views.
 
     out: the network on all views [V, ...]; regions: [V, H, W] superpixels of each view;
     clip_dense: [V, Dc, h, w] CLIP features aligned to each view on the student grid;
     source: [V] source image per view; targets: the names and centres (None: no semantic term);
     other_ranks: this rank's segment prototypes [S, D] -> every other rank's [N, D] (a collective the
-    trainer supplies; with negatives "all_ranks" they join the contrastive term's negatives).
+    trainer supplies; with negatives "all_ranks" they join the contrastive term's negatives);
+    valid: [V, h, w] bool, the cells inside the image (a zoomed-out view's padding is not): the CLIP
+    terms average over them (the contrastive term skips padding by its region id, -1).
     """
     h, w = out.embeddings.shape[-2:]
     if clip_dense.shape[-2:] != (h, w):
@@ -83,10 +86,10 @@ def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Te
         terms["contrastive"] = pixel_segment_loss(out.embeddings, segments, cfg.concentration, cfg.exclude_own_segment,
                                                   extra)
     if cfg.embedding_weight:
-        terms["embedding"] = embedding_consistency(out.clip, clip_dense, cfg.embedding_distance)
+        terms["embedding"] = embedding_consistency(out.clip, clip_dense, cfg.embedding_distance, valid)
     if cfg.semantic_weight and targets is not None and targets.num_classes:
         terms["semantic"] = semantic_consistency(out.clip, clip_dense, targets, cfg.student_temperature,
-                                                 cfg.teacher_temperature, cfg.semantic_targets)
+                                                 cfg.teacher_temperature, cfg.semantic_targets, valid)
     weights = {"contrastive": cfg.contrastive_weight, "embedding": cfg.embedding_weight, "semantic": cfg.semantic_weight}
     total = sum((weights[k] * v for k, v in terms.items()), out.embeddings.new_zeros(()))
     return {"total": total, **terms}

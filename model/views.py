@@ -26,6 +26,10 @@ class ViewConfig:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # A box wider than the image (scale below crop_size / image side) shows all of it inside black
+    # padding, as HSG's views may zoom out; the padding is no superpixel and is left out of every loss
+    # (the batch's `valid`). False caps the box at the image: such views are the whole image.
+    zoom_out: bool = False
 
     def __post_init__(self):
         if self.crop_size < 8 or not 0 < self.scale[0] <= self.scale[1]:
@@ -47,14 +51,20 @@ class Box:
 
 
 def sample_box(height: int, width: int, cfg: ViewConfig, rng: random.Random) -> Box:
-    """A random zoom-and-crop inside the image: side crop_size / scale pixels, capped by the image."""
-    side = min(cfg.crop_size / rng.uniform(*cfg.scale), height, width)
-    top, left = rng.uniform(0, height - side), rng.uniform(0, width - side)
+    """A random zoom-and-crop: a square of side crop_size / scale image pixels inside the image, capped by
+    it; with `zoom_out`, a side past the image's holds all of it along that axis, at a random place."""
+    side = cfg.crop_size / rng.uniform(*cfg.scale)
+    if not cfg.zoom_out:
+        side = min(side, height, width)
+    # inside the image where the box is smaller, around it where larger
+    top, left = rng.uniform(min(0, height - side), max(0, height - side)), rng.uniform(min(0, width - side),
+                                                                                       max(0, width - side))
     return Box(top / height, left / width, (top + side) / height, (left + side) / width, rng.random() < cfg.flip_prob)
 
 
-def crop_resize(x: torch.Tensor, box: Box, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resample the box of x [C, H, W] (any resolution of the same scene) onto a [C, size, size] grid."""
+def crop_resize(x: torch.Tensor, box: Box, size: int, mode: str = "bilinear", padding: str = "border") -> torch.Tensor:
+    """Resample the box of x [C, H, W] (any resolution of the same scene) onto a [C, size, size] grid; where
+    the box leaves the image, `padding` as grid_sample's padding_mode ("zeros": black, id 0)."""
     centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # output pixel centres in [0, 1]
     ys = box.top + (box.bottom - box.top) * centres
     xs = box.left + (box.right - box.left) * centres
@@ -62,7 +72,7 @@ def crop_resize(x: torch.Tensor, box: Box, size: int, mode: str = "bilinear") ->
         xs = xs.flip(0)
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1) * 2 - 1  # [size, size, (x, y)]
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    out = F.grid_sample(x[None].to(dtype), grid[None].to(dtype), mode=mode, padding_mode="border",
+    out = F.grid_sample(x[None].to(dtype), grid[None].to(dtype), mode=mode, padding_mode=padding,
                         align_corners=False)[0]
     return out if x.is_floating_point() else out.round().to(x.dtype)
 
@@ -89,19 +99,25 @@ def make_views(image: torch.Tensor, regions: torch.Tensor, clip_dense: torch.Ten
 
     image: uint8 [3, H, W]; regions: [H, W] superpixel ids; clip_dense: [D, gh, gw] over the whole image,
     or None when the teacher runs on the views themselves (the trainer's online teacher).
-    Returns images [2, 3, S, S] float in [0, 1], regions [2, S, S] long, boxes [2, 5] (top, left,
+    Returns images [2, 3, S, S] float in [0, 1], regions [2, S, S] long (-1 on padding), valid [2, F, F]
+    bool (the student's grid cells inside the image: what the CLIP terms score), boxes [2, 5] (top, left,
     bottom, right, flip), and clip [2, D, F, F] float (F = feature_size, the student's grid) or, with
     no clip_dense, teacher_images [2, 3, S, S]: the same crops before the colour changes, which are the
     student's augmentation, not something the teacher should describe.
     """
     h, w = image.shape[-2:]
     pixels = image.float() / 255
-    views = {"images": [], "regions": [], "boxes": [], "clip" if clip_dense is not None else "teacher_images": []}
+    inside = torch.ones(1, h, w, device=image.device)
+    views = {"images": [], "regions": [], "valid": [], "boxes": [],
+             "clip" if clip_dense is not None else "teacher_images": []}
     for _ in range(2):
         box = sample_box(h, w, cfg, rng)
-        crop = crop_resize(pixels, box, cfg.crop_size)
+        crop = crop_resize(pixels, box, cfg.crop_size, padding="zeros")
         views["images"].append(photometric(crop, cfg, rng))
-        views["regions"].append(crop_resize(regions[None].long(), box, cfg.crop_size, mode="nearest")[0])
+        in_view = crop_resize(inside, box, cfg.crop_size, mode="nearest", padding="zeros")[0] > 0.5
+        view_regions = crop_resize(regions[None].long(), box, cfg.crop_size, mode="nearest")[0]
+        views["regions"].append(torch.where(in_view, view_regions, -1))
+        views["valid"].append(crop_resize(inside, box, feature_size, mode="nearest", padding="zeros")[0] > 0.5)
         if clip_dense is None:
             views["teacher_images"].append(crop)
         else:

@@ -63,7 +63,8 @@ def forward_losses(net: SegNet, batch: dict, targets: SemanticTargets | None, cf
     out = ModelOutput(F.normalize(out.embeddings.float(), dim=1), out.clip.float())
     other_ranks = (lambda rows: gather_from_others(rows, backend_device(rows.device))) \
         if cfg.loss.negatives == "all_ranks" else None
-    return compute_losses(out, batch["regions"], batch["clip"], batch["source"], targets, cfg.loss, other_ranks)
+    return compute_losses(out, batch["regions"], batch["clip"], batch["source"], targets, cfg.loss, other_ranks,
+                          batch.get("valid"))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

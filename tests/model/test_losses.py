@@ -116,3 +116,27 @@ def test_regions_are_read_at_the_grid_cells_centres():
     assert torch.equal(regions_on_grid(regions, (32, 32)), regions)
     odd = regions_on_grid(regions[:, :30, :30], (4, 4))  # a grid that does not divide the image
     assert odd.tolist()[0][0] == [0, 2, 4, 6]  # columns 3, 11, 18 and 26
+
+
+def test_the_clip_terms_skip_cells_outside_the_image():
+    from model.network import ModelOutput
+    from model.objective import LossConfig, compute_losses
+
+    g = torch.Generator().manual_seed(0)
+    clip = torch.randn(2, 6, 4, 4, generator=g)
+    teacher = torch.randn(2, 6, 4, 4, generator=g)
+    embeddings = torch.nn.functional.normalize(torch.randn(2, 5, 4, 4, generator=g), dim=1)
+    valid = torch.zeros(2, 4, 4, dtype=torch.bool)
+    valid[:, 1:3, 1:3] = True
+    padded = teacher.clone()
+    padded[:, :, ~valid[0]] = 1e3  # what a padded view's teacher says outside the image: nonsense
+    regions = torch.where(valid, 0, -1)
+    targets = SemanticTargets(torch.nn.functional.normalize(torch.randn(3, 6, generator=g), dim=1),
+                              torch.zeros(0, 6), torch.zeros(0, dtype=torch.bool))
+    cfg = LossConfig(contrastive_weight=0.0)
+    out = ModelOutput(embeddings, clip)
+    masked = compute_losses(out, regions, padded, torch.tensor([0, 0]), targets, cfg, valid=valid)
+    crop = compute_losses(ModelOutput(embeddings[:, :, 1:3, 1:3], clip[:, :, 1:3, 1:3]), regions[:, 1:3, 1:3],
+                          teacher[:, :, 1:3, 1:3], torch.tensor([0, 0]), targets, cfg)
+    for term in ("embedding", "semantic"):
+        assert torch.allclose(masked[term], crop[term]), term

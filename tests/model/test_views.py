@@ -75,6 +75,28 @@ def test_make_views_shapes_and_consistency():
         assert torch.equal(views["regions"][v, 0][inside], expected[inside])
 
 
+def test_a_zoomed_out_view_shows_the_whole_image_in_padding_no_loss_reads():
+    image = torch.full((3, 40, 40), 200, dtype=torch.uint8)
+    regions = torch.full((40, 40), 3, dtype=torch.long)
+    cfg = ViewConfig(crop_size=32, scale=(0.4, 0.4), zoom_out=True, flip_prob=0.0, jitter_prob=0.0,
+                     grayscale_prob=0.0)  # the box: 80 image pixels, twice the image's side
+    box = sample_box(40, 40, cfg, random.Random(0))
+    assert box.top <= 0 and box.left <= 0 and box.bottom >= 1 and box.right >= 1  # all of the image inside
+    views = make_views(image, regions, coordinate_map(4, 4, 40, 40), cfg, feature_size=8, rng=random.Random(1))
+    for v in range(2):
+        inside = views["regions"][v] == 3
+        assert set(views["regions"][v].unique().tolist()) == {-1, 3}  # padding is no region
+        assert 0.2 < inside.float().mean() < 0.3  # a quarter of the view is the image
+        # black padding; bilinear sampling blends the one row of pixels along the image's edge
+        padding, image_part = views["images"][v][:, ~inside], views["images"][v][:, inside]
+        assert padding.median() == 0 and padding.mean() < 0.1
+        assert image_part.median() == pytest.approx(200 / 255) and image_part.mean() > 0.6
+        assert views["valid"][v].float().mean() == pytest.approx(0.25, abs=0.07) and not views["valid"][v].all()
+    capped = make_views(image, regions, None, ViewConfig(crop_size=32, scale=(0.4, 0.4)), feature_size=8,
+                        rng=random.Random(1))
+    assert capped["valid"].all() and (capped["regions"] == 3).all()  # without zoom_out: the whole image
+
+
 def test_views_without_features_give_the_teacher_the_same_crops_before_colour_changes():
     """An online teacher's input: the same boxes, images and regions as with stored features (the rng
     draws do not depend on them), plus each view's crop before jitter, grayscale and blur."""

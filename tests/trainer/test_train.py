@@ -45,7 +45,9 @@ def test_two_workers_train_and_export(prepared, zero_stage):
     # the ZeRO 0 run takes every rank's segments as negatives (gathered on gloo, as on NCCL); the ZeRO 2 run
     # also refreshes the unknown prototypes (rank 0 finds them, every rank receives them); the ZeRO 3 run,
     # where parameters are sharded, runs bf16 autocast and gathers the fp32 master to export
-    extra = {0: {"loss.negatives": "all_ranks"}, 2: {"refresh_unknown_every_steps": 4},
+    # (and zooms out: views up to 3 times the canvas, padded, the padding in no loss)
+    extra = {0: {"loss.negatives": "all_ranks"},
+             2: {"refresh_unknown_every_steps": 4, "views.zoom_out": True, "views.scale": (0.25, 1.0)},
              3: {"scaling.bf16": True}}.get(zero_stage, {})
     result = train.run(config(prepared, name, **{"scaling.zero_stage": zero_stage}, **extra))
     assert result.error is None and result.checkpoint is not None
