@@ -37,6 +37,7 @@ class LossConfig:
     # whose segments are a pixel's negatives: this rank's batch, or every rank's (HSG all-gathers them;
     # the other ranks' come without gradient). The same on one worker.
     negatives: str = "rank"
+    memory_bank: int = 0  # past batches' segment prototypes kept as more negatives (HSG's bank); 0 = none
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def __post_init__(self):
@@ -44,6 +45,8 @@ class LossConfig:
             raise ValueError(f"embedding_distance {self.embedding_distance!r} unknown (choose from {', '.join(DISTANCES)})")
         if self.semantic_targets not in TARGET_RULES:
             raise ValueError(f"semantic_targets {self.semantic_targets!r} unknown (choose from {', '.join(TARGET_RULES)})")
+        if self.memory_bank < 0:
+            raise ValueError(f"memory_bank must be >= 0, got {self.memory_bank}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives {self.negatives!r} unknown (choose from {', '.join(NEGATIVES)})")
         if min(self.contrastive_weight, self.embedding_weight, self.semantic_weight) < 0:
@@ -63,15 +66,16 @@ def regions_on_grid(regions: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Tensor, source: torch.Tensor,
                    targets: SemanticTargets | None, cfg: LossConfig,
-                   other_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   extra_negatives: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Weighted terms and their sum ("total") for one batch of views.
 
     out: the network on all views [V, ...]; regions: [V, H, W] superpixels of each view;
     clip_dense: [V, Dc, h, w] CLIP features aligned to each view on the student grid;
     source: [V] source image per view; targets: the names and centres (None: no semantic term);
-    other_ranks: this rank's segment prototypes [S, D] -> every other rank's [N, D] (a collective the
-    trainer supplies; with negatives "all_ranks" they join the contrastive term's negatives);
+    extra_negatives: this batch's segment prototypes [S, D] -> more negatives [N, D] for the contrastive
+    term, without gradient (the trainer's: other ranks' segments, loss.negatives; past batches',
+    loss.memory_bank);
     valid: [V, h, w] bool, the cells inside the image (a zoomed-out view's padding is not): the CLIP
     terms average over them (the contrastive term skips padding by its region id, -1).
     """
@@ -81,8 +85,7 @@ def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Te
     terms: dict[str, torch.Tensor] = {}
     if cfg.contrastive_weight:
         segments = segment(out.embeddings, regions_on_grid(regions, (h, w)), cfg.segmenter, source)
-        extra = other_ranks(prototypes(out.embeddings, segments).detach()) \
-            if cfg.negatives == "all_ranks" and other_ranks is not None else None
+        extra = extra_negatives(prototypes(out.embeddings, segments).detach()) if extra_negatives else None
         terms["contrastive"] = pixel_segment_loss(out.embeddings, segments, cfg.concentration, cfg.exclude_own_segment,
                                                   extra)
     if cfg.embedding_weight:

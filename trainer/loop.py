@@ -34,6 +34,7 @@ from trainer.step import (
     deepspeed_config,
     forward_losses,
     lr_factor,
+    negatives_for,
     with_teacher_features,
 )
 from trainer.unknown import UnknownRefresher
@@ -147,12 +148,13 @@ def train_loop(config: dict) -> None:
         loader = itertools.cycle(list(itertools.islice(loader, cfg.data.in_memory_batches)))
     waited = computed = 0.0
     since_log, tick = 0, time.perf_counter()
+    negatives = negatives_for(cfg)
     for batch in loader:
         fetched = time.perf_counter()
         batch = with_teacher_features(finish_batch(batch, spec, device), teacher)
         if refresher:
             refresher.observe(batch["clip"])
-        losses = forward_losses(engine, batch, targets, cfg)
+        losses = forward_losses(engine, batch, targets, cfg, negatives)
         engine.backward(losses["total"])
         boundary = engine.is_gradient_accumulation_boundary()  # read before step(), which advances the count
         engine.step()

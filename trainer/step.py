@@ -49,7 +49,33 @@ def with_teacher_features(batch: dict, teacher: OnlineTeacher | None) -> dict:
     return batch
 
 
-def forward_losses(net: SegNet, batch: dict, targets: SemanticTargets | None, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+@dataclass
+class Negatives:
+    """The contrastive term's negatives beyond this rank's batch: every other rank's segment prototypes
+    (loss.negatives=all_ranks, gathered each step) and a memory bank of the last `bank_size` prototypes
+    of earlier steps, newest first (loss.memory_bank; empty after a restart). All without gradient."""
+
+    all_ranks: bool
+    bank_size: int
+    bank: torch.Tensor | None = None
+
+    def __call__(self, prototypes: torch.Tensor) -> torch.Tensor:
+        others = gather_from_others(prototypes, backend_device(prototypes.device)) if self.all_ranks \
+            else prototypes.new_zeros(0, prototypes.shape[1])
+        bank = self.bank if self.bank is not None else prototypes.new_zeros(0, prototypes.shape[1])
+        extra = torch.cat([others, bank])
+        if self.bank_size:  # after use: a batch is never its own negative
+            self.bank = torch.cat([prototypes.detach(), others, bank])[: self.bank_size]
+        return extra
+
+
+def negatives_for(cfg: TrainConfig) -> Negatives | None:
+    return Negatives(cfg.loss.negatives == "all_ranks", cfg.loss.memory_bank) \
+        if cfg.loss.negatives == "all_ranks" or cfg.loss.memory_bank else None
+
+
+def forward_losses(net: SegNet, batch: dict, targets: SemanticTargets | None, cfg: TrainConfig,
+                   negatives: Negatives | None = None) -> dict[str, torch.Tensor]:
     """The network on both views of a batch (from trainer.data), then the weighted loss terms.
 
     With `scaling.bf16` the network runs under bf16 autocast (on any device: CPU runs it too, so
@@ -61,9 +87,7 @@ def forward_losses(net: SegNet, batch: dict, targets: SemanticTargets | None, cf
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.scaling.bf16):
         out = net(images)
     out = ModelOutput(F.normalize(out.embeddings.float(), dim=1), out.clip.float())
-    other_ranks = (lambda rows: gather_from_others(rows, backend_device(rows.device))) \
-        if cfg.loss.negatives == "all_ranks" else None
-    return compute_losses(out, batch["regions"], batch["clip"], batch["source"], targets, cfg.loss, other_ranks,
+    return compute_losses(out, batch["regions"], batch["clip"], batch["source"], targets, cfg.loss, negatives,
                           batch.get("valid"))
 
 

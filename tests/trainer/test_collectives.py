@@ -70,3 +70,14 @@ def test_nccl_keeps_collective_tensors_on_the_gpu(monkeypatch):
     assert collectives.backend_device(torch.device("cuda", 3)) == torch.device("cuda", 3)
     monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
     assert collectives.backend_device(torch.device("cuda", 3)) == torch.device("cpu")
+
+
+def test_the_memory_bank_serves_earlier_batches_newest_first_never_the_batch_itself():
+    from trainer.step import Negatives
+
+    bank = Negatives(all_ranks=True, bank_size=3)  # one process: no other rank to gather from
+    a, b, c = (torch.full((2, 4), float(v)) for v in (1, 2, 3))
+    assert bank(a).shape == (0, 4)
+    assert torch.equal(bank(b), a)
+    assert bank(c)[:, 0].tolist() == [2.0, 2.0, 1.0]  # b's two, then a's first: three kept
+    assert Negatives(all_ranks=False, bank_size=0)(a).shape == (0, 4) and Negatives(False, 0).bank is None

@@ -42,11 +42,11 @@ def metrics(root, name):
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_two_workers_train_and_export(prepared, zero_stage):
     name = f"zero{zero_stage}"
-    # the ZeRO 0 run takes every rank's segments as negatives (gathered on gloo, as on NCCL); the ZeRO 2 run
-    # also refreshes the unknown prototypes (rank 0 finds them, every rank receives them); the ZeRO 3 run,
-    # where parameters are sharded, runs bf16 autocast and gathers the fp32 master to export
-    # (and zooms out: views up to 3 times the canvas, padded, the padding in no loss)
-    extra = {0: {"loss.negatives": "all_ranks"},
+    # ZeRO 0 also takes every rank's segments and a bank of earlier ones as negatives (gathered on gloo, as
+    # on NCCL); ZeRO 2 refreshes the unknown prototypes (rank 0 finds them, every rank receives them) and
+    # zooms out (views up to 4 times the canvas, padded, the padding in no loss); ZeRO 3, where parameters
+    # are sharded, runs bf16 autocast and gathers the fp32 master to export
+    extra = {0: {"loss.negatives": "all_ranks", "loss.memory_bank": 64},
              2: {"refresh_unknown_every_steps": 4, "views.zoom_out": True, "views.scale": (0.25, 1.0)},
              3: {"scaling.bf16": True}}.get(zero_stage, {})
     result = train.run(config(prepared, name, **{"scaling.zero_stage": zero_stage}, **extra))
