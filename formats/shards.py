@@ -171,6 +171,7 @@ class ShardWriter:
     output: str
     name: str
     rows: list[dict] = field(default_factory=list)
+    additional: tuple[str, ...] = ()  # input columns saved in the ledger after its own (as text)
 
     def __post_init__(self):
         fs, root = filesystem(self.output)
@@ -195,8 +196,15 @@ class ShardWriter:
         files = {extension: image, "json": json.dumps(meta, sort_keys=True).encode()}
         self.add_files(key, files if caption is None else {**files, "txt": caption.encode()})
 
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([*LEDGER_SCHEMA, *((c, pa.string()) for c in self.additional if c not in LEDGER_SCHEMA.names)])
+
     def add_ledger_row(self, row: dict) -> None:
-        self.rows.append({name: row.get(name) for name in LEDGER_SCHEMA.names})
+        ledger = {name: row.get(name) for name in LEDGER_SCHEMA.names}
+        for c in self.additional:  # text: a column's type may differ between list files
+            ledger.setdefault(c, None if row.get(c) is None else str(row[c]))
+        self.rows.append(ledger)
 
     def commit(self, stats: dict) -> None:
         self._tar.close()
@@ -204,7 +212,7 @@ class ShardWriter:
         fs, root = filesystem(self.output)
         move_file_atomic(fs, self._staging, join(root, tar_name(self.name)))
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=LEDGER_SCHEMA), buf)
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), buf)
         write_bytes_atomic(fs, join(root, ledger_name(self.name)), buf.getvalue())
         write_json_atomic(fs, stats_path(root, self.name), stats)
 

@@ -31,7 +31,7 @@ from common.progress import Progress
 from common.ray_utils import init_ray
 from formats.images import ENCODE_FORMATS, INPUT_EXTENSIONS, RESIZE_MODES, ResizeSpec
 from formats.manifest import committed_counts, recorded_counts, write_manifest
-from formats.shards import RecordClock, committed_names
+from formats.shards import LEDGER_SCHEMA, RecordClock, committed_names
 from pipelines.sharding.dedup import start_dedup
 from pipelines.sharding.lists import LIST_FORMATS, Segment
 from pipelines.sharding.plan import Plan, make_plan
@@ -57,6 +57,9 @@ class ShardConfig(ResizeSpec):
         "help": "the container, as img2dataset's: webdataset (tar shards); the image codec is --encode-format"})
     url_col: str = "url"
     caption_col: str = "caption"
+    save_additional_columns: tuple[str, ...] = field(default=(), metadata={
+        "help": "input list columns copied into each sample's json (their own types) and the ledger (as text), "
+                "as img2dataset's"})
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
     samples_per_shard: int = 10_000
     dedup: bool = field(default=False, metadata={"help": "keep one copy of identical files (sha256)"})
@@ -87,6 +90,10 @@ class ShardConfig(ResizeSpec):
         if self.output_format != "webdataset":
             hint = f" (the codec {self.output_format!r} is --encode-format)" if self.output_format in ENCODE_FORMATS else ""
             raise ConfigError(f"output_format is the container, as in img2dataset: only webdataset is written{hint}")
+        taken = set(LEDGER_SCHEMA.names) | {self.url_col, self.caption_col}
+        if taken & set(self.save_additional_columns):
+            raise ConfigError(f"save_additional_columns: {sorted(taken & set(self.save_additional_columns))[0]!r} is "
+                              "already a column of the ledger or the list's URL or caption")
         if self.input_format and self.input_format not in LIST_FORMATS.values():
             raise ConfigError(f"input_format must be one of {', '.join(LIST_FORMATS.values())} (or empty: by each "
                               f"file's extension), got {self.input_format!r}")
@@ -113,12 +120,13 @@ class ShardConfig(ResizeSpec):
         fetching = FetchSpec(self.timeout_s, self.retries, self.deadline_s, self.user_agent_token,
                              self.disallowed_header_directives)
         return WorkerSpec(self.output, resize, key_digits, self.thread_count, self.decode_threads, fetching,
-                          self.shard_retries, self.url_col, self.caption_col)
+                          self.shard_retries, self.url_col, self.caption_col, self.save_additional_columns)
 
     def output_settings(self) -> dict:
         """The settings that shape what a shard holds; a rerun into the same output must repeat them."""
         shaping = [f.name for f in dataclasses.fields(ResizeSpec)] + ["url_col", "caption_col", "extensions", "dedup",
-                                                                 "disallowed_header_directives", "input_format"]
+                                                                 "disallowed_header_directives", "input_format",
+                                                                 "save_additional_columns"]
         return {name: list(v) if isinstance(v := getattr(self, name), tuple) else v for name in shaping}
 
 
@@ -185,7 +193,8 @@ def run(cfg: ShardConfig) -> dict:
     """Plan, write every pending shard in parallel, then the manifest; returns the manifest.
 
     The plan comes first, before Ray starts: a mismatched rerun is a ConfigError with no cluster."""
-    source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions, cfg.input_format)
+    source = SourceSpec(cfg.input, cfg.url_col, cfg.caption_col, cfg.extensions, cfg.input_format,
+                        cfg.save_additional_columns)
     plan = make_plan(source, cfg.output, cfg.samples_per_shard, cfg.output_settings())
     if cfg.plan_only:
         last = plan.names()[-1]

@@ -49,6 +49,9 @@ MISTAKES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
                                                               "--output", str(t / "o")], "--url-col"),
     "shard: jsonl without the url key": ("shard", lambda t: ["--input", _write(t / "l.jsonl", '{"link": "http://x/a.jpg"}\n'),
                                                              "--output", str(t / "o")], "no column 'url'"),
+    "shard: a column to save that the list lacks": ("shard", lambda t: [
+        "--input", _write(t / "l.csv", "url,caption\nhttp://x/a.jpg,a\n"), "--output", str(t / "o"),
+        "--save-additional-columns", "score"], "no column 'score' to save"),
     "shard: missing --config": ("shard", lambda t: ["--config", str(t / "nope.yaml")], "config file"),
     "shard: invalid YAML": ("shard", lambda t: ["--config", _write(t / "c.yaml", "input: [unclosed\n")],
                             "not valid YAML"),

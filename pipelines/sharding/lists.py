@@ -53,7 +53,7 @@ class Segment:
     skip: int = 0  # text: lines to pass over from there
 
 
-def scan(path: str, fmt: str, url_col: str) -> ListFile:
+def scan(path: str, fmt: str, url_col: str, additional: tuple[str, ...] = ()) -> ListFile:
     """The row count (and a text list's line index) of the list file at `path`; a ConfigError when it
     has no `url_col`, found from what the count reads anyway (parquet's footer, the header line), so
     a list without its URL column stops the job at planning, not in every shard task."""
@@ -61,26 +61,31 @@ def scan(path: str, fmt: str, url_col: str) -> ListFile:
     with fs.open(local, "rb") as fh:
         if fmt == "parquet":
             parquet = pq.ParquetFile(fh)
-            _check_column(path, url_col, parquet.schema_arrow.names)
+            _check_columns(path, url_col, additional, parquet.schema_arrow.names)
             return ListFile(path, fmt, parquet.metadata.num_rows)
         first = fh.readline()
         if fmt in ("csv", "tsv"):
-            _check_column(path, url_col, [c.strip().strip('"') for c in
-                                          first.decode("utf-8-sig", "replace").rstrip("\r\n").split("\t" if fmt == "tsv" else ",")])
+            _check_columns(path, url_col, additional, [c.strip().strip('"') for c in first.decode(
+                "utf-8-sig", "replace").rstrip("\r\n").split("\t" if fmt == "tsv" else ",")])
         elif fmt == "jsonl" and first.strip():
             try:
                 record = json.loads(first)
             except ValueError:
                 raise ConfigError(f"{path}: its first line is not JSON") from None
-            _check_column(path, url_col, list(record) if isinstance(record, dict) else [])
+            _check_columns(path, url_col, additional, list(record) if isinstance(record, dict) else [])
+        elif fmt == "txt" and additional:
+            raise ConfigError(f"{path} is a plain list of URLs: it has no columns to save ({', '.join(additional)})")
         fh.seek(0)
         return ListFile(path, fmt, *_count_lines(fh, header=fmt in ("csv", "tsv")))
 
 
-def _check_column(path: str, url_col: str, columns: list[str]) -> None:
+def _check_columns(path: str, url_col: str, additional: tuple[str, ...], columns: list[str]) -> None:
     if url_col not in columns:
         raise ConfigError(f"{path} has no column {url_col!r} (columns: {', '.join(columns) or 'none'}); "
                           "name the URL column with --url-col")
+    missing = [c for c in additional if c not in columns]
+    if missing:
+        raise ConfigError(f"{path} has no column {missing[0]!r} to save (columns: {', '.join(columns)})")
 
 
 def _count_lines(fh, header: bool) -> tuple[int, tuple[int, ...]]:
@@ -109,37 +114,40 @@ def segment(file: ListFile, start: int, stop: int) -> Segment:
     return Segment(file.path, file.format, start, stop, file.line_offsets[anchor], start - anchor * LINE_INDEX_EVERY)
 
 
-def read_rows(seg: Segment, url_col: str, caption_col: str) -> list[dict]:
-    """Rows [start, stop) of a list file as {"location", "caption", "caption_location"} dicts."""
+def read_rows(seg: Segment, url_col: str, caption_col: str, additional: tuple[str, ...] = ()) -> list[dict]:
+    """Rows [start, stop) of a list file as {"location", "caption", "caption_location", "additional"} dicts;
+    `additional` maps the columns to save (img2dataset's save_additional_columns) to the row's values."""
     fs, local = filesystem(seg.path)
     count = seg.stop - seg.start
     with fs.open(local, "rb") as fh:
         if seg.format in ("parquet", PATHS, RETRY):
             table = _parquet_rows(pq.ParquetFile(fh), seg.start, seg.stop)
             if seg.format == PATHS:
-                return [{"location": r["location"], "caption": None, "caption_location": r["caption_location"]}
+                return [{"location": r["location"], "caption": None, "caption_location": r["caption_location"],
+                         "additional": {}} for r in table.to_pylist()]
+            if seg.format == RETRY:  # the ledger's rows: the saved columns come with them
+                return [{"location": r["location"], "caption": r["caption"], "retry_of": r["retry_of"],
+                         "caption_location": None, "additional": {c: r.get(c) for c in additional}}
                         for r in table.to_pylist()]
-            if seg.format == RETRY:
-                return [{**r, "caption_location": None} for r in table.to_pylist()]
-            return _table_rows(table, url_col, caption_col, seg.path)
+            return _table_rows(table, url_col, caption_col, seg.path, additional)
         header = fh.readline() if seg.format in ("csv", "tsv") else b""
         fh.seek(seg.offset)
         for _ in range(seg.skip):
             fh.readline()
         lines = [fh.readline() for _ in range(count)]
     if seg.format == "txt":
-        return [{"location": line.decode("utf-8", "replace").strip(), "caption": None, "caption_location": None}
-                for line in lines]
+        return [{"location": line.decode("utf-8", "replace").strip(), "caption": None, "caption_location": None,
+                 "additional": {}} for line in lines]
     if seg.format == "jsonl":
         records = [json.loads(line) if line.strip() else {} for line in lines]
         if records and not any(url_col in r for r in records):
             raise ValueError(f"{seg.path} has no key {url_col!r} in rows {seg.start}-{seg.stop}")
-        return [{"location": str(r.get(url_col, "")), "caption": _text(r.get(caption_col)), "caption_location": None}
-                for r in records]
+        return [{"location": str(r.get(url_col, "")), "caption": _text(r.get(caption_col)), "caption_location": None,
+                 "additional": {c: r.get(c) for c in additional}} for r in records]
     delimiter = "\t" if seg.format == "tsv" else ","
     table = pacsv.read_csv(io.BytesIO(header + b"".join(lines)), parse_options=pacsv.ParseOptions(delimiter=delimiter),
                            convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
-    return _table_rows(table, url_col, caption_col, seg.path)
+    return _table_rows(table, url_col, caption_col, seg.path, additional)
 
 
 def _parquet_rows(parquet: pq.ParquetFile, start: int, stop: int):
@@ -154,13 +162,14 @@ def _parquet_rows(parquet: pq.ParquetFile, start: int, stop: int):
     return parquet.read_row_groups(groups).slice(start - (first or 0), stop - start)
 
 
-def _table_rows(table, url_col: str, caption_col: str, path: str) -> list[dict]:
+def _table_rows(table, url_col: str, caption_col: str, path: str, additional: tuple[str, ...] = ()) -> list[dict]:
     if url_col not in table.column_names:
         raise ValueError(f"{path} has no column {url_col!r} (columns: {table.column_names})")
     urls = table.column(url_col).to_pylist()
     captions = table.column(caption_col).to_pylist() if caption_col in table.column_names else [None] * len(urls)
-    return [{"location": "" if u is None else str(u), "caption": _text(c), "caption_location": None}
-            for u, c in zip(urls, captions)]
+    saved = {c: table.column(c).to_pylist() if c in table.column_names else [None] * len(urls) for c in additional}
+    return [{"location": "" if u is None else str(u), "caption": _text(c), "caption_location": None,
+             "additional": {k: v[i] for k, v in saved.items()}} for i, (u, c) in enumerate(zip(urls, captions))]
 
 
 def _text(value) -> str | None:

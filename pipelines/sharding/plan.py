@@ -137,7 +137,8 @@ def make_plan(source: SourceSpec, output: str, samples_per_shard: int, settings:
         files = tuple(_folder_lists(source, root, fs))
     else:
         with ThreadPoolExecutor(SCAN_THREADS) as pool:
-            files = tuple(f for f in pool.map(lambda found: scan(*found, source.url_col), lists) if f.num_rows)
+            files = tuple(f for f in pool.map(lambda found: scan(*found, source.url_col, source.additional_columns), lists)
+                          if f.num_rows)
     num_inputs = sum(f.num_rows for f in files)
     if num_inputs == 0:
         raise ConfigError(f"no inputs found in {source.input}")

@@ -29,13 +29,14 @@ def is_transient(status: str) -> bool:
     return status in TRANSIENT or (status.startswith("http_5") and len(status) == 8)
 
 
-def _transient_rows(batch):
-    """A ledger batch (pyarrow) -> its transient failures as retry rows: location, caption, retry_of."""
+def _transient_rows(batch, additional: tuple[str, ...] = ()):
+    """A ledger batch (pyarrow) -> its transient failures as retry rows: location, caption, retry_of and
+    the saved input columns."""
     statuses = batch.column("status").to_pylist()
     keep = [is_transient(s or "") for s in statuses]
     rows = batch.filter(keep)
     return {"location": rows.column("url"), "caption": rows.column("caption"),
-            "retry_of": rows.column("key")}
+            "retry_of": rows.column("key"), **{c: rows.column(c) for c in additional}}
 
 
 def retry_pass(output: str, plan: Plan) -> Plan:
@@ -50,8 +51,9 @@ def retry_pass(output: str, plan: Plan) -> Plan:
         fs.rm(folder, recursive=True)
     path, arrow_fs = arrow_filesystem(output)
     ledgers = [join(path, ledger_name(n)) for n in names]
-    rows = ray.data.read_parquet(ledgers, filesystem=arrow_fs, columns=["key", "url", "caption", "status"])
-    rows = rows.map_batches(_transient_rows, batch_format="pyarrow")
+    additional = tuple(plan.settings.get("save_additional_columns", ()))
+    rows = ray.data.read_parquet(ledgers, filesystem=arrow_fs, columns=["key", "url", "caption", "status", *additional])
+    rows = rows.map_batches(_transient_rows, batch_format="pyarrow", fn_kwargs={"additional": additional})
     out_path, out_fs = arrow_filesystem(join(output, PLAN_DIR, f"retry-{number:02d}"))
     rows.write_parquet(out_path, filesystem=out_fs)
     fs.invalidate_cache(folder)

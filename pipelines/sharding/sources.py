@@ -26,6 +26,7 @@ class SourceSpec:
     caption_col: str = "caption"
     extensions: tuple[str, ...] = INPUT_EXTENSIONS
     input_format: str = ""  # a value of lists.LIST_FORMATS; "" = each file's extension says
+    additional_columns: tuple[str, ...] = ()  # list columns to save: each list must have them
 
 
 class FetchError(Exception):

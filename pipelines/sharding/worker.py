@@ -44,12 +44,14 @@ class WorkerSpec:
     shard_retries: int = 2
     url_col: str = "url"  # columns (keys) of a URL list
     caption_col: str = "caption"
+    additional_columns: tuple[str, ...] = ()  # saved into each sample's json and the ledger
 
 
 def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaphore) -> tuple[dict, object]:
     """One input to (ledger row, EncodedImage or None); never raises for a bad input. The row's `phase`
     (not a ledger column) says which of img2dataset's failure counts a failure falls in."""
-    record = {"url": row["location"], "caption": row["caption"], "retry_of": row.get("retry_of")}
+    record = {**row.get("additional", {}), "url": row["location"], "caption": row["caption"],
+              "retry_of": row.get("retry_of")}
     try:
         data = fetch(row["location"], spec.fetching)
         if row.get("caption_location"):
@@ -76,11 +78,11 @@ def _load_one(row: dict, spec: WorkerSpec, dedup, decode_slots: threading.Semaph
 
 
 def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup, progress: Reporter | None) -> dict:
-    rows = [row for seg in segments for row in read_rows(seg, spec.url_col, spec.caption_col)]
+    rows = [row for seg in segments for row in read_rows(seg, spec.url_col, spec.caption_col, spec.additional_columns)]
     for i, row in enumerate(rows):
         row["key"] = f"{name}{i:0{spec.key_digits}d}"
     started = time.time()
-    writer = ShardWriter(spec.output, name)
+    writer = ShardWriter(spec.output, name, additional=spec.additional_columns)
     reasons: Counter = Counter()
     phases: Counter = Counter()
     try:
@@ -94,7 +96,8 @@ def _write_shard(name: str, segments: list[Segment], spec: WorkerSpec, dedup, pr
                     progress.add()
                 writer.add_ledger_row(record)
                 if image is not None:
-                    meta = {k: record.get(k) for k in SAMPLE_META}  # img2dataset's per-sample json
+                    # img2dataset's per-sample json, the saved input columns with their own types
+                    meta = {k: record.get(k) for k in (*SAMPLE_META, *spec.additional_columns)}
                     writer.add_sample(row["key"], image.data, image.extension, meta, record["caption"])
         ended = time.time()
         stats = {

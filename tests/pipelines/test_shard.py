@@ -201,16 +201,22 @@ def test_many_url_lists_in_a_folder(ray_local, corpus, tmp_path):
     lists.mkdir()
     with serve_folder(str(corpus)) as base:
         urls = [f"{base}/{n}" for n in images]
-        pq.write_table(pa.table({"url": urls[:4], "caption": [f"c{i}" for i in range(4)]}), lists / "a.parquet")
-        (lists / "b.csv").write_text("url,caption\n" + "".join(f"{u},c{i + 4}\n" for i, u in enumerate(urls[4:7])))
-        (lists / "c.jsonl").write_text("".join(json.dumps({"url": u, "caption": f"c{i + 7}"}) + "\n"
-                                               for i, u in enumerate(urls[7:])))
+        # each list also carries a score img2dataset users keep with --save-additional-columns
+        pq.write_table(pa.table({"url": urls[:4], "caption": [f"c{i}" for i in range(4)],
+                                 "score": [0.5 * i for i in range(4)]}), lists / "a.parquet")
+        (lists / "b.csv").write_text("url,caption,score\n" + "".join(f"{u},c{i + 4},{0.5 * (i + 4)}\n"
+                                                                     for i, u in enumerate(urls[4:7])))
+        (lists / "c.jsonl").write_text("".join(json.dumps({"url": u, "caption": f"c{i + 7}", "score": 0.5 * (i + 7)})
+                                               + "\n" for i, u in enumerate(urls[7:])))
         out = tmp_path / "shards"
         assert shard_main(["--input", str(lists), "--output", str(out), "--samples-per-shard", "4",
-                           "--image-size", "32"]) == 0
+                           "--image-size", "32", "--save-additional-columns", "score"]) == 0
     rows = ledger(str(out))
     assert [r["url"] for r in rows] == urls and [r["caption"] for r in rows] == [f"c{i}" for i in range(9)]
     assert all(r["status"] == "success" for r in rows)
+    assert [float(r["score"]) for r in rows] == [0.5 * i for i in range(9)]  # the ledger: as text
+    samples = [s for n in ("00000", "00001", "00002") for s in read_samples(str(out), n)]
+    assert sorted(json.loads(s["json"])["score"] for s in samples) == [0.5 * i for i in range(9)]
     assert read_manifest(str(out))["num_samples"] == 9
 
 
