@@ -13,10 +13,7 @@ is every run's report.md, the student's row, mean +- sd over the seeds.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from bench.bench_teacher_modes import REPO, cell, run, student_row
+from bench.bench_teacher_modes import cell, run, seeded_runs, student_row
 
 ROWS = {
     "contrastive": ("contrastive only", ["--train-overrides", "loss.embedding_weight=0,loss.semantic_weight=0"]),
@@ -30,15 +27,9 @@ COLUMNS = {"language mIoU": 0, "mIoU unseen": 5, "hIoU": 6, "unsupervised mIoU":
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / "ablation"))
-    parser.add_argument("--split", choices=("test", "dev"), default="test",
-                        help="the corpus split each run's report scores (the table's figures: test)")
-    parser.add_argument("--tabulate-only", action="store_true")
-    args = parser.parse_args(argv)
-    root = Path(args.runs_root)
-    root.mkdir(parents=True, exist_ok=True)
+    args, root = seeded_runs(__doc__, [0, 1, 2], "ablation", argv, lambda parser: parser.add_argument(
+        "--split", choices=("test", "dev"), default="test",
+        help="the corpus split each run's report scores (the table's figures: test)"))
     if not args.tabulate_only:
         for seed in args.seeds:
             for key, (_, extra) in ROWS.items():

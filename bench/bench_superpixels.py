@@ -13,15 +13,13 @@ torch and OpenCV held to one thread. Runs already reported are not redone.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from bench.bench_teacher_modes import COLUMNS, REPO, cell, run, student_row
+from bench.bench_teacher_modes import COLUMNS, cell, run, seeded_runs, student_row
 from demo.synth import render_scene
 from model.superpixels import SuperpixelConfig, superpixels
 
@@ -38,17 +36,11 @@ def ms_per_image(cfg: SuperpixelConfig, images: list[np.ndarray]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[0, 64])
-    parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / "superpixels"))
-    parser.add_argument("--tabulate-only", action="store_true")
-    args = parser.parse_args(argv)
+    args, root = seeded_runs(__doc__, [0, 1], "superpixels", argv, lambda parser: parser.add_argument(
+        "--resolutions", type=int, nargs="+", default=[0, 64]))
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     images = [render_scene(seed, CANVAS).image for seed in range(20)]
-    root = Path(args.runs_root)
-    root.mkdir(parents=True, exist_ok=True)
     if not args.tabulate_only:
         for seed in args.seeds:
             for res in args.resolutions:

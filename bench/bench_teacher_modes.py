@@ -16,11 +16,28 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {"precomputed": [], "online": ["--clip-storage", "none"]}
 COLUMNS = {"language mIoU": 0, "unsupervised mIoU": 2, "mIoU unseen": 5, "hIoU": 6, "probe mIoU": 7}  # report.md cells
+
+
+def seeded_runs(doc: str, seeds: list[int], out: str, argv: list[str] | None,
+                add: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, Path]:
+    """The command line the benches over seeded demo runs share (--seeds, --runs-root, --tabulate-only, and
+    what `add` declares), parsed, and the runs' folder, made."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / out))
+    parser.add_argument("--tabulate-only", action="store_true")
+    if add:
+        add(parser)
+    args = parser.parse_args(argv)
+    root = Path(args.runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    return args, root
 
 
 def run(root: Path, name: str, args: list[str], split: str = "dev") -> None:
@@ -50,13 +67,7 @@ def cell(values: list[float], fmt: str = ".1f") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--runs-root", default=str(REPO / "bench" / "out" / "teacher_modes"))
-    parser.add_argument("--tabulate-only", action="store_true")
-    args = parser.parse_args(argv)
-    root = Path(args.runs_root)
-    root.mkdir(parents=True, exist_ok=True)
+    args, root = seeded_runs(__doc__, [0, 1], "teacher_modes", argv)
     if not args.tabulate_only:
         for seed in args.seeds:
             for mode, args in MODES.items():

@@ -28,7 +28,7 @@ if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.config import ConfigError, build_config, job_config, parse_config
-from common.storage import filesystem, join
+from common.storage import filesystem, join, write_json_atomic
 from demo import synth
 from demo.report import write_report
 from demo.teacher import TeacherRecipe, ensure_teacher
@@ -38,7 +38,7 @@ from formats.sidecar import STORAGE_FORMATS
 from formats.teacher_weights import check_teacher
 from model.superpixels import SuperpixelConfig
 from pipelines import embed, evaluate, shard
-from pipelines.evaluation.report import markdown_table, per_class_tables
+from pipelines.evaluation.report import json_safe, markdown_table, per_class_tables, seeds_summary
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")
@@ -89,6 +89,9 @@ class MainConfig:
     train_epochs: int = 6
     train_overrides: tuple[str, ...] = field(default=(), metadata={
         "help": "key=value settings of the trainer's config on top of train_config, e.g. loss.semantic_weight=4"})
+    seeds: tuple[int, ...] = field(default=(), metadata={
+        "help": "train and evaluate once per seed (the trainer's run.seed), the report the mean ± sd over them; "
+                "one teacher serves them all (its own draw is not in the spread); empty = one run"})
     num_cpus: int = 0
 
     def __post_init__(self):
@@ -115,6 +118,10 @@ class MainConfig:
             unknown = set(self.unseen) - set(synth.CLASSES)
             if unknown:
                 raise ConfigError(f"unseen names {sorted(unknown)} are not classes of the corpus {synth.CLASSES}")
+        if self.seeds and any(o.startswith("run.seed=") for o in self.train_overrides):
+            raise ConfigError("--seeds sets run.seed for each run: leave run.seed out of --train-overrides")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds repeat: {self.seeds}")
         parse_config(TrainConfig, self.train_args())
 
     @property
@@ -138,12 +145,17 @@ class MainConfig:
     def path(self, *parts: str) -> str:
         return join(self.runs_root, self.name, *parts)
 
-    def train_args(self) -> list[str]:
-        """The trainer's command line for this run (checked in __post_init__, before any stage runs)."""
+    def run_name(self, seed: int | None = None) -> str:
+        return self.name if seed is None else f"{self.name}-s{seed}"
+
+    def train_args(self, seed: int | None = None) -> list[str]:
+        """The trainer's command line for this run, or its run with `seed` (checked in __post_init__, before
+        any stage runs)."""
         return ["--config", self.train_config_path, f"data.shards={self.path('shards')}", f"data.clip={self.path('clip')}",
-                f"epochs={self.train_epochs}", f"run.name={self.name}", f"run.storage_path={self.path('train')}",
+                f"epochs={self.train_epochs}", f"run.name={self.run_name(seed)}", f"run.storage_path={self.path('train')}",
                 f"run.log_dir={self.path('logs')}",
-                *(["teacher.mode=online"] if self.clip_storage == "none" else []), *self.train_overrides]
+                *(["teacher.mode=online"] if self.clip_storage == "none" else []), *self.train_overrides,
+                *([f"run.seed={seed}"] if seed is not None else [])]
 
 
 def stage_corpus(cfg: MainConfig) -> None:
@@ -194,28 +206,28 @@ def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
                                        num_cpus=cfg.num_cpus))
 
 
-def stage_train(cfg: MainConfig) -> str:
+def stage_train(cfg: MainConfig, seed: int | None = None) -> str:
     from trainer import train
 
-    model_file = cfg.path("train", cfg.name, "model.pt")
+    model_file = cfg.path("train", cfg.run_name(seed), "model.pt")
     fs, _ = filesystem(model_file)
     if fs.exists(model_file):
         log.info("train: %s exists", model_file)
         return model_file
-    result = train.run(parse_config(TrainConfig, cfg.train_args()))
+    result = train.run(parse_config(TrainConfig, cfg.train_args(seed)))
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     return model_file
 
 
-def stage_evaluate(cfg: MainConfig, model_file: str) -> dict:
+def stage_evaluate(cfg: MainConfig, model_file: str, output: str) -> dict:
     data_root, probe_root = (cfg.eval_root, cfg.probe_root) if cfg.train_images else \
         (cfg.path("corpus", "test" if cfg.eval_split == "test" else "val"), cfg.path("corpus", "probe"))
     # unseen and class-free need held-out classes, the probe a folder of its own
     tasks = [t for t in evaluate.TASKS if (cfg.held_out or t not in ("unseen", "classfree"))
              and (probe_root or t != "probe")]
     return evaluate.run(build_config(evaluate.EvalConfig, {
-        "checkpoint": model_file, "dataset": "generic", "data_root": data_root, "output": cfg.path("eval"),
+        "checkpoint": model_file, "dataset": "generic", "data_root": data_root, "output": output,
         "task": "all" if len(tasks) == len(evaluate.TASKS) else ",".join(tasks), "unseen": cfg.held_out,
         "probe_root": probe_root, "num_panels": 4, "num_cpus": cfg.num_cpus}))
 
@@ -254,13 +266,23 @@ def run(cfg: MainConfig) -> int:
         else ensure_teacher(recipe, cfg.path("shards"), join(cfg.runs_root, "_teachers"))
     if not stage_embed(cfg, pretrained)["complete"]:
         return 1
-    model_file = stage_train(cfg)
-    report = stage_evaluate(cfg, model_file)
+    if cfg.seeds:  # a run per seed, then their mean and spread
+        reports = [stage_evaluate(cfg, stage_train(cfg, s), cfg.path("eval", f"s{s}")) for s in cfg.seeds]
+        report = seeds_summary(reports, list(cfg.seeds))
+        fs, path = filesystem(cfg.path("eval", "report.json"))
+        write_json_atomic(fs, path, json_safe(report))
+        first = cfg.seeds[0]
+        per_class, panels = f"(seed {first})\n\n" + per_class_tables(reports[0]), f"eval/s{first}/panels"
+    else:
+        first = None
+        report = stage_evaluate(cfg, stage_train(cfg), cfg.path("eval"))
+        per_class, panels = per_class_tables(report), "eval/panels"
     loss = parse_config(TrainConfig, cfg.train_args()).loss
     weights = {"contrastive": loss.contrastive_weight, "embedding": loss.embedding_weight,
                "semantic": loss.semantic_weight}
-    path = write_report(cfg.path(), markdown_table(report), teacher_note, cfg.path("logs", cfg.name, "metrics.jsonl"),
-                        weights, per_class_tables(report), scored_on(cfg))
+    path = write_report(cfg.path(), markdown_table(report), teacher_note,
+                        cfg.path("logs", cfg.run_name(first), "metrics.jsonl"), weights, per_class, scored_on(cfg),
+                        panels)
     print(open(path).read())
     print(f"report: {path}")
     return 0

@@ -93,15 +93,22 @@ def test_the_whole_run_on_your_own_data(tmp_path):
            "--train-images", str(tmp_path / "photos"), "--eval-root", str(tmp_path / "made" / "val"),
            "--probe-root", str(tmp_path / "made" / "probe"), "--clip-model", "tiny-rn", "--clip-pretrained",
            str(teacher), "--unseen", "dotted", "--image-size", "64", "--samples-per-shard", "12",
-           "--train-epochs", "1", "--num-cpus", "2"]
+           "--train-epochs", "1", "--num-cpus", "2", "--seeds", "0,1"]
     done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = tmp_path / "runs" / "mine"
-    report = json.loads((run / "eval" / "report.json").read_text())
+    report = json.loads((run / "eval" / "report.json").read_text())  # two seeds: their mean and spread
     assert report["config"]["data_root"] == str(tmp_path / "made" / "val")
-    assert set(report["tasks"]) == {"language", "unsupervised", "unseen", "probe", "classfree"}
-    assert report["tasks"]["unseen"]["student"]["unseen_classes"] == ["dotted"]
+    assert report["seeds"] == [0, 1] and len(report["per_seed"]) == 2
+    language = report["tasks"]["language"]["student"]
+    per_seed = [json.loads((run / "eval" / f"s{s}" / "report.json").read_text())["tasks"]["language"]["student"]["miou"]
+                for s in (0, 1)]
+    assert language["miou"] == pytest.approx(sum(per_seed) / 2)
+    assert language["miou_sd"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
+    assert (run / "train" / "mine-s1" / "model.pt").exists() and " ± " in (run / "report.md").read_text()
+    assert set(report["tasks"]) == {"language", "unsupervised", "unseen", "probe", "knn", "classfree"}
+    assert report["per_seed"][0]["unseen"]["student"]["unseen_classes"] == ["dotted"]
     assert json.loads((run / "shards" / "manifest.json").read_text())["num_samples"] == 24
     assert not (run / "corpus").exists()  # nothing generated
     assert "dotted" not in (run / "seen_classes.txt").read_text().split()

@@ -91,6 +91,8 @@ MISTAKES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "segment: not a model file": ("segment", lambda t: ["--checkpoint", _write(t / "m.pt", "hello"), "--images",
                                                         _image(t / "a.png"), "--output", str(t / "o"),
                                                         "--prompts", "a,b"], "is not a model file"),
+    "main: seeds and a seed of one's own": ("main", lambda t: ["--seeds", "0,1", "--train-overrides", "run.seed=3",
+                                                               "--runs-root", str(t / "runs")], "leave run.seed out"),
     "main: invalid YAML": ("main", lambda t: ["--config", _write(t / "c.yaml", "- a list\n")], "must hold a mapping"),
     "main: your data without an evaluation folder": ("main", lambda t: ["--train-images", str(t), "--runs-root",
                                                                          str(t / "runs")], "needs --eval-root"),

@@ -4,6 +4,7 @@ panels/TASK_NAME.png (image, ground truth, each method's labels, a legend)."""
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,30 @@ def _percent(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def _cell(scores: dict[str, Any], key: str) -> str:
+    """A score in percent; over seeds, mean +- sample sd."""
+    sd = scores.get(f"{key}_sd")
+    return _percent(scores.get(key)) + (f" ± {100 * sd:.1f}" if sd is not None and not math.isnan(sd) else "")
+
+
+def seeds_summary(reports: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One report over runs that differ by their seed: each table score the mean over the seeds that have
+    it, with its sample sd as KEY_sd; the rest (config, classes, teacher) the first run's."""
+    tasks: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, by_method in reports[0]["tasks"].items():
+        tasks[task] = {}
+        for method in by_method:
+            scores: dict[str, Any] = {}
+            for _, key in TASKS[task].columns:
+                values = [v for r in reports if (v := r["tasks"][task].get(method, {}).get(key)) is not None
+                          and not math.isnan(v)]
+                scores[key] = statistics.mean(values) if values else None
+                scores[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+            tasks[task][method] = scores
+    return {**reports[0], "checkpoint": f"{len(seeds)} runs, seeds {', '.join(map(str, seeds))} (mean ± sd)",
+            "seeds": list(seeds), "tasks": tasks, "per_seed": [r["tasks"] for r in reports]}
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """report.md: a row per method, a column per task metric, in percent with one decimal."""
     results = report["tasks"]
@@ -84,7 +109,7 @@ def markdown_table(report: dict[str, Any]) -> str:
                    "(the threshold protocol of many open-vocabulary papers)."), ""]
     lines += ["| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for m in methods:
-        cells = [_percent(results[t][m][k]) if m in results[t] else "-" for t, _, k in columns]
+        cells = [_cell(results[t][m], k) if m in results[t] else "-" for t, _, k in columns]
         lines.append(f"| {METHOD_TITLES[m]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
