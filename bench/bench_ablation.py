@@ -13,7 +13,7 @@ is every run's report.md, the student's row, mean +- sd over the seeds.
 
 from __future__ import annotations
 
-from bench.bench_teacher_modes import cell, run, seeded_runs, student_row
+from bench.bench_teacher_modes import cell, run, seeded_runs, student_scores
 
 ROWS = {
     "contrastive": ("contrastive only", ["--train-overrides", "loss.embedding_weight=0,loss.semantic_weight=0"]),
@@ -21,9 +21,9 @@ ROWS = {
     "names": ("+ semantic, known names only", ["--train-overrides", "loss.semantic_weight=4", "--num-unknown", "0"]),
     "full": ("+ semantic, names and unknown", ["--train-overrides", "loss.semantic_weight=4"]),
 }
-# report.md cells of the student's row
-COLUMNS = {"language mIoU": 0, "mIoU unseen": 5, "hIoU": 6, "unsupervised mIoU": 2, "probe mIoU": 7,
-           "class-free mIoU": 9, "seen px called unknown": 11}
+# report.md columns of the student's row (the names-only row has no class-free columns: no unknown prototypes)
+COLUMNS = ("language mIoU", "mIoU unseen", "hIoU", "unsupervised mIoU", "probe mIoU", "class-free mIoU",
+           "seen px called unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| objective | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for key, (title, _) in ROWS.items():
-        rows = [student_row(root / f"{key}-s{seed}" / "report.md") for seed in args.seeds
+        rows = [student_scores(root / f"{key}-s{seed}" / "report.md") for seed in args.seeds
                 if (root / f"{key}-s{seed}" / "report.md").exists()]
-        print(f"| {title} | " + " | ".join(cell([r[i] for r in rows]) if rows else "-" for i in COLUMNS.values()) + " |")
+        print(f"| {title} ({len(rows)} seeds) | "
+              + " | ".join(cell(values) if (values := [r[c] for r in rows if c in r]) else "-" for c in COLUMNS) + " |")
     print(f"\nstudent, seeds {', '.join(map(str, args.seeds))}: mean ± sd; the teacher's own row is in each report.md")
     return 0
 

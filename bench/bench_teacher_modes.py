@@ -55,6 +55,16 @@ def student_row(report: Path) -> list[float]:
     return [float(c) for c in row.strip("|").split("|")[1:]]
 
 
+def student_scores(report: Path) -> dict[str, float]:
+    """The student's row of a report.md by column header; a run whose report lacks a task lacks its columns."""
+    lines = report.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| method |"))
+    names = [c.strip() for c in header.strip("|").split("|")[1:]]
+    row = next(line for line in lines if line.startswith("| student |"))
+    cells = [c.strip().split(" ")[0] for c in row.strip("|").split("|")[1:]]
+    return {n: float(c) for n, c in zip(names, cells) if c != "-"}
+
+
 def training_rate(metrics: Path) -> tuple[float, float]:
     logged = [json.loads(line) for line in metrics.read_text().splitlines()][1:]  # the first window holds start-up
     return (statistics.mean(m["images_per_s"] for m in logged), statistics.mean(m["data_wait_fraction"] for m in logged))
