@@ -54,5 +54,10 @@ def shutdown_ray() -> None:
     ray.shutdown()
 
 
-def cluster_cpus() -> int:
-    return int(ray.cluster_resources().get("CPU", 1))
+def gpus_per_actor(setting: float) -> float:
+    """A model actor's GPU request with -1 ("auto") decided: a job on a cluster (RAY_ADDRESS set, as under
+    `ray job submit`) asks for one even when none is up yet, since an autoscaler adds GPU nodes on demand;
+    a local run uses the GPUs this machine has. Any other value is the user's."""
+    if setting != -1:
+        return setting
+    return 1.0 if os.environ.get("RAY_ADDRESS") or ray.cluster_resources().get("GPU", 0) else 0.0

@@ -32,7 +32,7 @@ import ray
 
 from common.config import ConfigError, job_config
 from common.progress import Progress
-from common.ray_utils import init_ray
+from common.ray_utils import gpus_per_actor, init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
 from formats.prototypes import has_prototypes, read_class_names, save_prototypes
@@ -118,13 +118,6 @@ class EmbedConfig:
         """The teacher as it runs on `device` (the precision "auto" is decided there)."""
         return TeacherConfig(self.clip_model, self.clip_pretrained, auto_precision(self.precision, device))
 
-    def actor_gpus(self) -> float:
-        """gpus_per_actor with -1 decided: a job on a cluster asks for GPUs even when none is up yet (an
-        autoscaler adds GPU nodes on demand); a local run uses the GPUs this machine has."""
-        if self.gpus_per_actor != -1:
-            return self.gpus_per_actor
-        return 1.0 if os.environ.get("RAY_ADDRESS") or ray.cluster_resources().get("GPU", 0) else 0.0
-
 
 def superpixel_settings(cfg: SuperpixelConfig) -> dict:
     """The superpixel settings the manifest records; a resolution of 0 is left out, so outputs made
@@ -169,7 +162,7 @@ def run(cfg: EmbedConfig) -> dict:
     if pending:
         # Nothing is sized from the cluster at start: Ray Data grows the decode tasks and the actor pool
         # (min..max) as an autoscaler adds nodes, and each actor asks for what the flags say.
-        gpus = cfg.actor_gpus() if cfg.storage != "none" else 0.0  # superpixels-only sidecars run no model
+        gpus = gpus_per_actor(cfg.gpus_per_actor) if cfg.storage != "none" else 0.0  # superpixels-only sidecars run no model
         if gpus and not ray.cluster_resources().get("GPU", 0):
             log.warning("model actors ask for %g GPU each and the cluster has none up: waiting for the autoscaler "
                         "to add GPU nodes (--gpus-per-actor 0 runs them on CPUs)", gpus)

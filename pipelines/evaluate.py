@@ -95,7 +95,11 @@ class EvalConfig:
     num_per_image: int = field(default=512, metadata={"help": "pixels drawn per image to fit clusters and probes"})
     max_fit_pixels: int = 200_000
     seed: int = 0
-    num_workers: int = field(default=0, metadata={"help": "actors; 0 = one per GPU, or per CPU"})
+    num_workers: int = field(default=0, metadata={
+        "help": "model actors at most; 0 = as many as the cluster grows to (one per image at most)"})
+    gpus_per_actor: float = field(default=-1, metadata={
+        "help": "GPUs each model actor asks for, fractions allowed; 0 = CPU actors; -1 = auto: 1 on a cluster "
+                "(RAY_ADDRESS set) or when GPUs are up, else 0"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
@@ -290,7 +294,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         tasks = [t for t in tasks if t not in trained]
     if mapper is None:  # after every check: a user's mistake starts no cluster
         init_ray(cfg.num_cpus or None)
-        mapper = RayMapper(spec, cfg.num_workers)
+        mapper = RayMapper(spec, cfg.num_workers, cfg.gpus_per_actor)
     main_method = spec.main_method
     upscale = matched_upscale(loaded)  # 1: the teacher's grid is the student's already, no second row
     methods = {t: [main_method] + [b for b in TASKS[t].baselines if cfg.baselines and b in spec.available

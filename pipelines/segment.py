@@ -147,7 +147,11 @@ class SegmentConfig:
     num_per_image: int = field(default=512, metadata={"help": "pixels drawn per image to fit the clusters"})
     max_fit_pixels: int = 100_000
     seed: int = 0
-    num_workers: int = field(default=0, metadata={"help": "actors; 0 = one per GPU, or per CPU"})
+    num_workers: int = field(default=0, metadata={
+        "help": "model actors at most; 0 = as many as the cluster grows to (one per image at most)"})
+    gpus_per_actor: float = field(default=-1, metadata={
+        "help": "GPUs each model actor asks for, fractions allowed; 0 = CPU actors; -1 = auto: 1 on a cluster "
+                "(RAY_ADDRESS set) or when GPUs are up, else 0"})
     num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
@@ -199,7 +203,7 @@ def run(cfg: SegmentConfig, mapper: Mapper | None = None) -> list[str]:
     loaded, method = spec.load(), spec.main_method  # on the driver: text prompts and stored prototypes
     if mapper is None:
         init_ray(cfg.num_cpus or None)
-        mapper = RayMapper(spec, cfg.num_workers)
+        mapper = RayMapper(spec, cfg.num_workers, cfg.gpus_per_actor)
     options = InferenceOptions(cfg.window, cfg.scales)
 
     def fit() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

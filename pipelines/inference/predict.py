@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError
-from common.ray_utils import cluster_cpus
+from common.ray_utils import gpus_per_actor
 from formats.model_file import load_model
 from formats.teacher_weights import check_teacher, load_teacher
 from model.baselines import RawPixels, TeacherNet
@@ -203,18 +203,20 @@ def _column(values: list[Any]) -> np.ndarray:
 
 @dataclass
 class RayMapper:
-    """Runs work over rows as a Ray Data job: an actor pool, one actor per GPU (or CPU), one image a call."""
+    """Runs work over rows as a Ray Data job: a pool of model actors, one image a call. Not sized from the
+    cluster at start (a 0-CPU head would give one actor): the pool grows from one as the cluster does,
+    up to `num_workers` (0: no cap), each actor asking for `gpus` (-1: common.ray_utils.gpus_per_actor)."""
 
     spec: ModelSpec
-    num_workers: int = 0  # 0 = one per GPU, or per CPU without GPUs
+    num_workers: int = 0
+    gpus: float = -1
 
     def __call__(self, rows: list[dict[str, Any]], methods: tuple[str, ...], work: Work) -> Iterable[dict[str, Any]]:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        size = min(len(rows), self.num_workers or gpus or cluster_cpus())
-        ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * size))
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=min(self.num_workers, len(rows)) or len(rows))
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # an image a block: any actor takes any
         out = ds.map_batches(PredictActor, fn_constructor_kwargs={"spec": self.spec, "methods": methods, "work": work},
-                             compute=ray.data.ActorPoolStrategy(size=size), batch_size=1, batch_format="numpy",
-                             num_gpus=1 if gpus else 0, num_cpus=1)
+                             compute=pool, batch_size=1, batch_format="numpy",
+                             num_gpus=gpus_per_actor(self.gpus), num_cpus=1)
         return out.iter_rows()
 
 
