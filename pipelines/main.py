@@ -16,6 +16,7 @@ rerunning after a kill resumes, and a finished run is not redone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -28,7 +29,7 @@ if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common.config import ConfigError, build_config, job_config, parse_config
-from common.storage import filesystem, join, write_json_atomic
+from common.storage import filesystem, join, read_json, write_json_atomic
 from demo import synth
 from demo.report import write_report
 from demo.teacher import TeacherRecipe, ensure_teacher
@@ -223,13 +224,20 @@ def stage_train(cfg: MainConfig, seed: int | None = None) -> str:
 def stage_evaluate(cfg: MainConfig, model_file: str, output: str) -> dict:
     data_root, probe_root = (cfg.eval_root, cfg.probe_root) if cfg.train_images else \
         (cfg.path("corpus", "test" if cfg.eval_split == "test" else "val"), cfg.path("corpus", "probe"))
-    # unseen and class-free need held-out classes, the probe a folder of its own
+    # unseen and class-free need held-out classes, the probe and k-NN a labelled folder of their own
     tasks = [t for t in evaluate.TASKS if (cfg.held_out or t not in ("unseen", "classfree"))
-             and (probe_root or t != "probe")]
-    return evaluate.run(build_config(evaluate.EvalConfig, {
+             and (probe_root or t not in ("probe", "knn"))]
+    eval_cfg = build_config(evaluate.EvalConfig, {
         "checkpoint": model_file, "dataset": "generic", "data_root": data_root, "output": output,
         "task": "all" if len(tasks) == len(evaluate.TASKS) else ",".join(tasks), "unseen": cfg.held_out,
-        "probe_root": probe_root, "num_panels": 4, "num_cpus": cfg.num_cpus}))
+        "probe_root": probe_root, "num_panels": 4, "num_cpus": cfg.num_cpus})
+    fs, path = filesystem(join(output, "report.json"))
+    if fs.exists(path):  # a finished run is not redone: the same model scored the same way already
+        done = read_json(fs, path)
+        if done.get("config") == json_safe(dataclasses.asdict(eval_cfg)):
+            log.info("evaluate: %s exists", join(output, "report.json"))
+            return done
+    return evaluate.run(eval_cfg)
 
 
 def scored_on(cfg: MainConfig) -> str:

@@ -15,11 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 13 minutes here, the teacher's training and every baseline's evaluation
 def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     cmd = [sys.executable, "pipelines/main.py", "--name", "e2e", "--quick", "--runs-root", str(tmp_path)]
     env = {**os.environ, "RAY_ADDRESS": ""}
     started = time.time()
-    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     first_seconds = time.time() - started
     run = tmp_path / "e2e"
@@ -46,6 +47,7 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 written, 8 already complete" in again.stdout and "0 embedded now" in again.stdout
     assert "exists" in again.stderr + again.stdout  # training is not redone
+    assert "evaluate: " in again.stderr and "report.json exists" in again.stderr  # nor the evaluation
     assert time.time() - started < 0.5 * first_seconds
 
 

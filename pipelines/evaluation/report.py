@@ -97,7 +97,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     results = report["tasks"]
     columns = [(task, header, key) for task in results for header, key in TASKS[task].columns]
     methods = [m for m in METHODS if any(m in by_method for by_method in results.values())]
-    lines = [f"# {report['checkpoint']} on {report['dataset']} ({report['split']}, {report['num_images']} images)", ""]
+    # a generic folder is its own split: name the folder
+    split = report["config"]["data_root"].rstrip("/").rsplit("/", 1)[-1] if report["dataset"] == "generic" \
+        and "config" in report else report["split"]
+    lines = [f"# {report['checkpoint']} on {report['dataset']} ({split}, {report['num_images']} images)", ""]
     if report["teacher"]["random_init"]:
         lines += [f"**WARNING: the CLIP teacher ({report['teacher']['model']}) has RANDOM weights "
                   "(pretrained=''): text-driven scores mean nothing.**", ""]
