@@ -3,15 +3,13 @@ open_clip reads them; an object-store URL (`s3://...`) is copied to a local file
 
 from __future__ import annotations
 
-import os
-
 import open_clip
 import torch
 
 from common.config import ConfigError
 from common.storage import copy_to_local, filesystem
 from model import clip_teacher
-from model.clip_teacher import Teacher, TeacherConfig
+from model.clip_teacher import Teacher, TeacherConfig, pretrained_kind
 
 
 def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teacher:
@@ -24,9 +22,10 @@ def check_teacher(model: str, pretrained: str) -> None:
     architecture or `pretrained` is none of a tag of it, an existing local file, an existing URL."""
     if model not in open_clip.list_models():
         raise ConfigError(f"{model!r} is no open_clip architecture (open_clip.list_models() names them)")
-    if not pretrained or open_clip.is_pretrained_cfg(model, pretrained) or os.path.isfile(pretrained):
+    kind = pretrained_kind(model, pretrained)
+    if kind in ("random", "tag", "file"):
         return
-    if "://" in pretrained:
+    if kind == "url":
         fs, path = filesystem(pretrained)
         if fs.isfile(path):
             return

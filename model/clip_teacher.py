@@ -106,18 +106,29 @@ class Teacher:
 Fetch = Callable[[str, str], None]
 
 
+def pretrained_kind(model_name: str, pretrained: str) -> str | None:
+    """What `pretrained` names for `model_name`: "random" (empty), "tag" (an open_clip tag of it), "file"
+    (an existing local file), "url" (an fsspec URL, not looked up here), or None (none of these)."""
+    if not pretrained:
+        return "random"
+    if open_clip.is_pretrained_cfg(model_name, pretrained):
+        return "tag"
+    if os.path.isfile(pretrained):
+        return "file"
+    return "url" if "://" in pretrained else None
+
+
 def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str, fetch: Fetch | None = None) -> str | None:
     """What to pass as open_clip's `pretrained`: a tag, a local file, or None for random init.
 
     A URL is copied into `tmp_dir` by `fetch` first (open_clip reads local files only).
     """
-    if not pretrained:
+    kind = pretrained_kind(model_name, pretrained)
+    if kind == "random":
         return None
-    if open_clip.is_pretrained_cfg(model_name, pretrained):
+    if kind in ("tag", "file"):
         return pretrained
-    if os.path.isfile(pretrained):
-        return pretrained
-    if "://" in pretrained:
+    if kind == "url":
         if fetch is None:
             raise ValueError(f"pretrained={pretrained!r} is a URL: load the teacher through "
                              "formats.teacher_weights.load_teacher, which can fetch it")

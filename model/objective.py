@@ -40,6 +40,12 @@ class LossConfig:
     memory_bank: int = 0  # past batches' segment prototypes kept as more negatives (HSG's bank); 0 = none
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each term's weight in the total, by the name compute_losses gives the term."""
+        return {"contrastive": self.contrastive_weight, "embedding": self.embedding_weight,
+                "semantic": self.semantic_weight}
+
     def __post_init__(self):
         if self.embedding_distance not in DISTANCES:
             raise ValueError(f"embedding_distance {self.embedding_distance!r} unknown (choose from {', '.join(DISTANCES)})")
@@ -93,6 +99,5 @@ def compute_losses(out: ModelOutput, regions: torch.Tensor, clip_dense: torch.Te
     if cfg.semantic_weight and targets is not None and targets.num_classes:
         terms["semantic"] = semantic_consistency(out.clip, clip_dense, targets, cfg.student_temperature,
                                                  cfg.teacher_temperature, cfg.semantic_targets, valid)
-    weights = {"contrastive": cfg.contrastive_weight, "embedding": cfg.embedding_weight, "semantic": cfg.semantic_weight}
-    total = sum((weights[k] * v for k, v in terms.items()), out.embeddings.new_zeros(()))
+    total = sum((cfg.weights[k] * v for k, v in terms.items()), out.embeddings.new_zeros(()))
     return {"total": total, **terms}

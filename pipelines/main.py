@@ -285,9 +285,7 @@ def run(cfg: MainConfig) -> int:
         first = None
         report = stage_evaluate(cfg, stage_train(cfg), cfg.path("eval"))
         per_class, panels = per_class_tables(report), "eval/panels"
-    loss = parse_config(TrainConfig, cfg.train_args()).loss
-    weights = {"contrastive": loss.contrastive_weight, "embedding": loss.embedding_weight,
-               "semantic": loss.semantic_weight}
+    weights = parse_config(TrainConfig, cfg.train_args()).loss.weights
     path = write_report(cfg.path(), markdown_table(report), teacher_note,
                         cfg.path("logs", cfg.run_name(first), "metrics.jsonl"), weights, per_class, scored_on(cfg),
                         panels)
