@@ -222,8 +222,8 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
     `--help` lists every key with its default (or "required"); `--print-config` prints the config the
     job would run with, as YAML `--config` reads, and exits.
     """
-    parser = _Parser(description=description, allow_abbrev=False, parents=[_log_level_parser()], formatter_class=_HelpFormatter,
-                                     epilog=_sections_epilog(cls))
+    parser = _Parser(description=description, allow_abbrev=False, parents=[_log_level_parser()],
+                     formatter_class=_HelpFormatter, epilog=_sections_epilog(cls))
     parser.add_argument("--config", help="YAML file with any of the keys here")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML (what --config reads) and exit")

@@ -44,18 +44,24 @@ def committed_counts(output: str, names: list[str], recorded: dict[str, int]) ->
     return {n: recorded[n] if n in recorded else unrecorded[n]["num_samples"] for n in names}
 
 
-def check_dataset(dataset: str) -> str:
-    """The path of `dataset`'s manifest; a ConfigError (one line for the user) when there is none."""
+def _no_shards(dataset: str) -> ConfigError:
+    return ConfigError(f"{dataset} holds no shards: no {MANIFEST} there (pipelines/shard.py writes it)")
+
+
+def check_dataset(dataset: str) -> None:
+    """A ConfigError (one line for the user) when `dataset` has no manifest: one existence check."""
     fs, root = filesystem(dataset)
-    path = join(root, MANIFEST)
-    if not fs.exists(path):
-        raise ConfigError(f"{dataset} holds no shards: no {MANIFEST} there (pipelines/shard.py writes it)")
-    return path
+    if not fs.exists(join(root, MANIFEST)):
+        raise _no_shards(dataset)
 
 
 def read_manifest(dataset: str) -> dict:
-    fs, _ = filesystem(dataset)
-    return read_json(fs, check_dataset(dataset))
+    """The manifest; a ConfigError when there is none (one read: a missing file is the read's own error)."""
+    fs, root = filesystem(dataset)
+    try:
+        return read_json(fs, join(root, MANIFEST))
+    except FileNotFoundError:
+        raise _no_shards(dataset) from None
 
 
 def shard_counts(manifest: dict) -> dict[str, int]:

@@ -182,10 +182,11 @@ def shard_parts(stats: dict) -> list[str]:
 def read_embed_manifest(output: str) -> dict:
     """The embed job's manifest of `output`; a ConfigError (one line for the user) when there is none."""
     fs, root = filesystem(output)
-    path = join(root, EMBED_MANIFEST)
-    if not fs.exists(path):
-        raise ConfigError(f"{output} holds no CLIP sidecars: no {EMBED_MANIFEST} there (pipelines/embed.py writes it)")
-    return read_json(fs, path)
+    try:  # one read: a missing file is the read's own error
+        return read_json(fs, join(root, EMBED_MANIFEST))
+    except FileNotFoundError:
+        raise ConfigError(f"{output} holds no CLIP sidecars: no {EMBED_MANIFEST} there (pipelines/embed.py writes "
+                          "it)") from None
 
 
 def check_embed_manifest(output: str, manifest: dict) -> None:

@@ -154,17 +154,15 @@ def language_params(inputs: HeadInputs) -> dict[str, torch.Tensor]:
     """Every class's prompt; with --background threshold, every class but the background's, and the threshold."""
     if inputs.cfg.background == "prompt":
         return {"prototypes": inputs.prototypes}
-    index = background_index(inputs.names)
+    index = background_index(inputs.names)  # run() refused a threshold without one
     keep = [i for i in range(len(inputs.names)) if i != index]
     return {"prototypes": inputs.prototypes[keep], "background": torch.tensor(index),
             "threshold": torch.tensor(inputs.cfg.background_threshold)}
 
 
-def background_index(names: list[str]) -> int:
-    found = [i for i, n in enumerate(names) if n.lower() == "background"]
-    if not found:
-        raise ConfigError("--background threshold needs a class named background (voc21, context60, or your own)")
-    return found[0]
+def background_index(names: list[str]) -> int | None:
+    """The class named background, if the dataset has one."""
+    return next((i for i, n in enumerate(names) if n.lower() == "background"), None)
 
 
 def knn_params(inputs: HeadInputs, method: str) -> dict[str, torch.Tensor]:
@@ -195,11 +193,15 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dic
               mapper: Mapper, options: InferenceOptions) -> dict[str, Head]:
     """Every head the tasks need, keyed "HEAD/METHOD"; one pass draws the pixels for clusters and probes."""
     wanted = {f"{TASKS[t].head}/{m}": Head(m, TASKS[t].head, {}) for t in methods for m in methods[t]}
+    kinds = {h.kind for h in wanted.values()}
+    # the labelled split the probe and the k-NN prototypes learn from, listed once for both
+    train = open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split, cfg.image_list) \
+        if kinds & {"probe", "knn"} else None
     sources: dict[str, Any] = {}
-    if any(h.kind == "clusters" for h in wanted.values()):
+    if "clusters" in kinds:
         sources["clusters"] = data  # the split being scored: clustering sees no labels
-    if any(h.kind == "probe" for h in wanted.values()):
-        sources["probe"] = open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split, cfg.image_list)
+    if "probe" in kinds:
+        sources["probe"] = train
     samples = {}
     if sources:
         fit_methods = tuple(sorted({h.method for h in wanted.values() if h.kind in sources}))
@@ -209,9 +211,9 @@ def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dic
         samples = gather_samples(fitted, cfg.max_fit_pixels, cfg.seed)
     knn_methods = tuple(sorted({h.method for h in wanted.values() if h.kind == "knn"}))
     if knn_methods:  # the labelled training split's own segments, as prototypes
-        train = {"knn": open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split, cfg.image_list)}
-        rows = [{"part": "knn", "index": i} for i in _first(len(train["knn"]), cfg.max_images)]
-        work = SampleWork(train, knn_methods, cfg.num_per_image, options, cfg.seed, segments=cfg.knn_segments)
+        rows = [{"part": "knn", "index": i} for i in _first(len(train), cfg.max_images)]
+        work = SampleWork({"knn": train}, knn_methods, cfg.num_per_image, options, cfg.seed,
+                          segments=cfg.knn_segments)
         fitted = tqdm(mapper(rows, knn_methods, work), total=len(rows), desc="k-NN prototypes", unit="img")
         samples.update(gather_samples(fitted, len(rows) * cfg.knn_segments, cfg.seed))
     inputs = HeadInputs(cfg, data.class_names, seen, loaded, samples)
@@ -266,8 +268,8 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     started = time.time()
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.split, cfg.image_list)
     names, indices = data.class_names, _first(len(data), cfg.max_images)
-    if cfg.background == "threshold":
-        background_index(names)  # a ConfigError before any cluster starts
+    if cfg.background == "threshold" and background_index(names) is None:  # before any cluster starts
+        raise ConfigError("--background threshold needs a class named background (voc21, context60, or your own)")
     unseen = set(cfg.unseen or ZERO_SHOT_UNSEEN.get(cfg.dataset, ()))
     if {"unseen", "classfree"} & set(cfg.tasks) and not unseen <= set(names):
         raise ConfigError(f"unseen classes {sorted(unseen - set(names))} are not classes of {cfg.dataset}")
@@ -312,7 +314,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         "class_names": names, "config": dataclasses.asdict(cfg),
         "background": {"mode": cfg.background, **({"threshold": cfg.background_threshold}
                                                    if cfg.background == "threshold" else {})}
-        if any(n.lower() == "background" for n in names) else None,
+        if background_index(names) is not None else None,
         "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained"),
                     "matched_upscale": upscale},
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
