@@ -9,7 +9,8 @@ import sys
 
 from open_clip_train.main import main
 
-import model.clip_teacher  # noqa: F401  (registers model/clip_configs with open_clip)
+from model.clip_teacher import open_clip
 
 if __name__ == "__main__":
+    open_clip()  # registers model/clip_configs with open_clip
     main(sys.argv[1:])

@@ -3,13 +3,12 @@ open_clip reads them; an object-store URL (`s3://...`) is copied to a local file
 
 from __future__ import annotations
 
-import open_clip
 import torch
 
 from common.config import ConfigError
 from common.storage import copy_to_local, filesystem
 from model import clip_teacher
-from model.clip_teacher import Teacher, TeacherConfig, pretrained_kind
+from model.clip_teacher import Teacher, TeacherConfig, architectures, names_a_file, open_clip, pretrained_kind
 
 
 def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teacher:
@@ -20,7 +19,7 @@ def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu") -> Teac
 def check_teacher(model: str, pretrained: str) -> None:
     """A ConfigError, before any model is built or cluster started, when `model` is no open_clip
     architecture or `pretrained` is none of a tag of it, an existing local file, an existing URL."""
-    if model not in open_clip.list_models():
+    if model not in architectures():
         raise ConfigError(f"{model!r} is no open_clip architecture (open_clip.list_models() names them)")
     kind = pretrained_kind(model, pretrained)
     if kind in ("random", "tag", "file"):
@@ -30,6 +29,8 @@ def check_teacher(model: str, pretrained: str) -> None:
         if fs.isfile(path):
             return
         raise ConfigError(f"teacher weights {pretrained} not found")
-    tags = open_clip.list_pretrained_tags_by_model(model)
+    if names_a_file(pretrained):
+        raise ConfigError(f"teacher weights {pretrained}: no such file")
+    tags = open_clip().list_pretrained_tags_by_model(model)
     raise ConfigError(f"teacher weights {pretrained!r}: no such file, and no open_clip tag of {model}"
                       + (f" (its tags: {', '.join(tags)})" if tags else " (it has no tags)"))

@@ -5,31 +5,55 @@
     protos = text_prototypes(teacher, ["cat", "dog"])  # [C, D]
     logits = cosine_logits(dense, protos, temperature=0.01)  # model.prototypes
 
-The tiny test/demo architectures in `model/clip_configs/` are registered with open_clip on import.
+The tiny test/demo architectures in `model/clip_configs/` are registered with open_clip when it is first
+used. open_clip is imported on first use, not with this module: it brings torchvision and
+torch._dynamo (2-4 s on a 2-core box), which a job's check of its user's inputs should not wait for.
 Weights at a URL arrive through `fetch` (formats.teacher_weights supplies one), so this module
 does no storage I/O of its own.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
-open_clip.add_model_config(CONFIG_DIR)
+
+
+@functools.cache
+def open_clip() -> ModuleType:
+    """open_clip, with this package's tiny architectures registered."""
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+@functools.cache
+def architectures() -> frozenset[str]:
+    """The names open_clip.list_models() gives once this package's configs are registered, read from the
+    same config files without importing open_clip (tests/model/test_clip_teacher.py holds the two equal)."""
+    package = importlib.util.find_spec("open_clip")
+    folders = [Path(p) / "model_configs" for p in package.submodule_search_locations] + [CONFIG_DIR]
+    return frozenset(f.stem for folder in folders for f in folder.glob("*.json"))
+
 
 PRECISIONS = ("fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
 
@@ -44,8 +68,10 @@ def auto_precision(setting: str, device: str | torch.device) -> str:
 # ModifiedResNet downsamples by 2 in the stem conv, the stem avgpool and layers 2-4.
 RESNET_STRIDE = 32
 
-# open_clip's 80 templates of the CLIP paper, each a callable name -> prompt.
-IMAGENET_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
+
+def imagenet_templates() -> tuple[Callable[[str], str], ...]:
+    """open_clip's 80 templates of the CLIP paper, each a callable name -> prompt."""
+    return tuple(open_clip().OPENAI_IMAGENET_TEMPLATES)
 
 # MaskCLIP's scene templates; `str.format` bound to each keeps the same callable interface.
 SCENE_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(
@@ -59,7 +85,10 @@ SCENE_TEMPLATES: tuple[Callable[[str], str], ...] = tuple(
     )
 )
 
-DEFAULT_TEMPLATES = IMAGENET_TEMPLATES + SCENE_TEMPLATES
+
+def default_templates() -> tuple[Callable[[str], str], ...]:
+    """The prompt ensemble text prototypes use: the CLIP paper's 80 and MaskCLIP's scene templates."""
+    return imagenet_templates() + SCENE_TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -75,7 +104,7 @@ class TeacherConfig:
     precision: str = "fp32"
 
     def __post_init__(self):
-        if self.model not in open_clip.list_models():
+        if self.model not in architectures():
             raise ValueError(f"unknown open_clip model {self.model!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
@@ -106,16 +135,31 @@ class Teacher:
 Fetch = Callable[[str, str], None]
 
 
+# Suffixes open_clip reads weights from; its tags are bare identifiers ("openai", "laion2b_s34b_b79k").
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+
+
+def names_a_file(pretrained: str) -> bool:
+    """A name with a folder or a weights suffix names a file: no open_clip tag has either."""
+    return os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)
+
+
 def pretrained_kind(model_name: str, pretrained: str) -> str | None:
     """What `pretrained` names for `model_name`: "random" (empty), "tag" (an open_clip tag of it), "file"
-    (an existing local file), "url" (an fsspec URL, not looked up here), or None (none of these)."""
+    (an existing local file), "url" (an fsspec URL, not looked up here), or None (none of these).
+
+    A file's name (names_a_file) is told without importing open_clip: a missing file is reported as fast
+    as every other mistake in a user's input.
+    """
     if not pretrained:
         return "random"
-    if open_clip.is_pretrained_cfg(model_name, pretrained):
+    if "://" in pretrained:
+        return "url"
+    if names_a_file(pretrained):
+        return "file" if os.path.isfile(pretrained) else None
+    if open_clip().is_pretrained_cfg(model_name, pretrained):
         return "tag"
-    if os.path.isfile(pretrained):
-        return "file"
-    return "url" if "://" in pretrained else None
+    return "file" if os.path.isfile(pretrained) else None
 
 
 def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str, fetch: Fetch | None = None) -> str | None:
@@ -138,7 +182,7 @@ def resolve_pretrained(model_name: str, pretrained: str, tmp_dir: str, fetch: Fe
         return local
     raise ValueError(
         f"pretrained={pretrained!r} is none of: an open_clip tag of {model_name!r} "
-        f"{open_clip.list_pretrained_tags_by_model(model_name)}, an existing local file, "
+        f"{open_clip().list_pretrained_tags_by_model(model_name)}, an existing local file, "
         f"or an fsspec URL (s3://..., gs://...); use '' for random weights"
     )
 
@@ -150,7 +194,7 @@ def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu", fetch: 
     with tempfile.TemporaryDirectory() as tmp_dir, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         checkpoint = resolve_pretrained(cfg.model, cfg.pretrained, tmp_dir, fetch)
-        model = open_clip.create_model(
+        model = open_clip().create_model(
             cfg.model, pretrained=checkpoint, precision=cfg.precision, device=device
         )
     if checkpoint is None:
@@ -160,10 +204,10 @@ def load_teacher(cfg: TeacherConfig, device: str | torch.device = "cpu", fetch: 
             cfg.model,
         )
     model.eval().requires_grad_(False)
-    pre = open_clip.get_model_preprocess_cfg(model)
+    pre = open_clip().get_model_preprocess_cfg(model)
     return Teacher(
         model=model,
-        tokenizer=open_clip.get_tokenizer(cfg.model),
+        tokenizer=open_clip().get_tokenizer(cfg.model),
         mean=tuple(pre["mean"]),
         std=tuple(pre["std"]),
         image_size=_square(model.visual.image_size, "image size"),
@@ -239,6 +283,8 @@ LAST_BLOCKS: dict[str, Callable[[ResidualAttentionBlock, Tensor], Tensor]] = {
 def _vit_dense(visual: VisionTransformer, images: Tensor, last_block: str) -> tuple[Tensor, Tensor]:
     """[B, 3, H, W] -> dense [B, D, H/p, W/p] through `LAST_BLOCKS[last_block]`, and the global
     embedding [B, D] through the ordinary last block: the trunk below it runs once for both."""
+    from open_clip.transformer import ResidualAttentionBlock
+
     if visual.attn_pool is not None:
         raise TypeError("dense features of a ViT with an attentional pooler are not supported")
     block = visual.transformer.resblocks[-1]
@@ -290,16 +336,23 @@ class DenseTower:
     stride: Callable[[nn.Module], int]  # pixels per grid cell
 
 
-DENSE_TOWERS: dict[type, DenseTower] = {
-    VisionTransformer: DenseTower(_vit_dense, lambda v: _square(v.patch_size, "patch size")),
-    ModifiedResNet: DenseTower(_resnet_dense, lambda v: RESNET_STRIDE),
-}
+@functools.cache
+def dense_towers() -> dict[type, DenseTower]:
+    """The vision towers with dense features, by open_clip's class."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import VisionTransformer
+
+    return {
+        VisionTransformer: DenseTower(_vit_dense, lambda v: _square(v.patch_size, "patch size")),
+        ModifiedResNet: DenseTower(_resnet_dense, lambda v: RESNET_STRIDE),
+    }
 
 
 def _tower(visual: nn.Module) -> DenseTower:
-    tower = DENSE_TOWERS.get(type(visual))
+    towers = dense_towers()
+    tower = towers.get(type(visual))
     if tower is None:
-        names = ", ".join(t.__name__ for t in DENSE_TOWERS)
+        names = ", ".join(t.__name__ for t in towers)
         raise TypeError(f"no dense features for vision tower {type(visual).__name__}; supported: {names}")
     return tower
 
@@ -339,14 +392,15 @@ def global_embedding(teacher_or_model: Teacher | nn.Module, images: Tensor) -> T
 def text_prototypes(
     teacher: Teacher,
     names: Sequence[str],
-    templates: Sequence[Callable[[str], str]] = DEFAULT_TEMPLATES,
+    templates: Sequence[Callable[[str], str]] | None = None,
     batch_size: int = 256,
 ) -> Tensor:
     """Prompt-ensembled class embeddings [C, D], unit norm.
 
-    Every template is filled with every name; each prompt's embedding is normalised, the mean
+    templates: None = default_templates(). Every template is filled with every name; each prompt's embedding is normalised, the mean
     over templates taken per name, and normalised again.
     """
+    templates = default_templates() if templates is None else templates
     prompts = [template(name) for name in names for template in templates]
     device = next(teacher.model.parameters()).device
     tokens = teacher.tokenizer(prompts).to(device)

@@ -105,10 +105,15 @@ class BackboneSpec(NamedTuple):
     strides: tuple[int, ...]
 
 
-def _resnet(name: str) -> Callable[[int], nn.Module]:
-    import torchvision
+def _resnet(name: str) -> Callable[[int, str], nn.Module]:
+    def build(stride: int, weights: str) -> nn.Module:
+        # here, not with the module: the trainer's config names the backbones before a user's mistake is
+        # reported, and torchvision brings torch._dynamo (2-3 s)
+        import torchvision
 
-    return lambda stride, weights: ResNetBackbone(getattr(torchvision.models, name), stride, weights)
+        return ResNetBackbone(getattr(torchvision.models, name), stride, weights)
+
+    return build
 
 
 BACKBONES: dict[str, BackboneSpec] = {

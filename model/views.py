@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,10 @@ def crop_resize(x: torch.Tensor, box: Box, size: int, mode: str = "bilinear", pa
 
 def photometric(image: torch.Tensor, cfg: ViewConfig, rng: random.Random) -> torch.Tensor:
     """Colour jitter, grayscale and blur (HSG's defaults) on a float [3, H, W] image in [0, 1]."""
+    # here, not with the module: the trainer's config (ViewConfig) is read before a mistake is reported,
+    # and torchvision brings torch._dynamo (2-3 s)
+    import torchvision.transforms.v2.functional as TF
+
     if rng.random() < cfg.jitter_prob:
         b, c, s, h = cfg.jitter
         image = TF.adjust_brightness(image, rng.uniform(max(0, 1 - b), 1 + b))

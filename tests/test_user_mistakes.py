@@ -160,3 +160,26 @@ def test_a_user_mistake_is_one_line_and_exit_status_2_with_no_ray_and_nothing_wr
     lines = [ln for ln in err.splitlines() if ln.strip() and " INFO " not in ln and " WARNING " not in ln]
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
     assert sorted(tmp_path.rglob("*")) == before, "the mistake left files behind"
+
+
+# What makes the one line come within seconds: the libraries that take 2-9 s to import on a 2-core box
+# (open_clip and torchvision, which brings torch._dynamo; Ray Data; Ray Train; DeepSpeed) are imported
+# after the checks, where the job uses them.
+LATE_IMPORTS = ("open_clip", "torchvision", "ray.data", "ray.train", "deepspeed")
+
+
+@pytest.mark.parametrize("case", ["shard: missing input", "embed: missing weights file", "embed: unknown open_clip model",
+                                  "train: missing sidecars", "evaluate: missing dataset", "segment: missing model file",
+                                  "main: your data without a teacher"])
+def test_a_mistake_is_reported_before_the_slow_libraries_are_imported(case, tmp_path):
+    import subprocess
+    import sys
+
+    job, argv, words = MISTAKES[case]
+    command = ["-m", "trainer.train"] if job == "train" else [str(Path(__file__).parents[1] / "pipelines" / f"{job}.py")]
+    done = subprocess.run([sys.executable, "-X", "importtime", *command, *argv(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and words in done.stderr, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported  # the probe sees imports at all
+    assert not imported & set(LATE_IMPORTS), sorted(imported & set(LATE_IMPORTS))

@@ -133,3 +133,22 @@ class TrainConfig:
     def feature_size(self) -> int:
         """The student's grid side for a view: CLIP features are resampled onto it."""
         return self.views.crop_size // self.network.output_stride
+
+
+LAYOUT = "data_layout.json"  # beside the run's checkpoints: what cut the data streams (checked at start)
+
+
+def data_layout(cfg: TrainConfig) -> dict:
+    """What a checkpoint's data position depends on: each rank's stream is cut for this many ranks and
+    this batch size, so a checkpoint resumes only under the same two."""
+    return {"world_size": cfg.scaling.num_workers, "batch_size_per_worker": cfg.data.batch_size_per_worker}
+
+
+def layout_mismatch(cfg: TrainConfig, saved: dict) -> str | None:
+    """One line saying why the run cannot resume from `saved`, or None when it can."""
+    now = data_layout(cfg)
+    if {k: saved.get(k, now[k]) for k in now} == now:
+        return None
+    return (f"run {cfg.run.name} was checkpointed with {saved['world_size']} workers x "
+            f"{saved['batch_size_per_worker']} images; resuming with {now['world_size']} x "
+            f"{now['batch_size_per_worker']} would repeat or skip data: use those settings or a new run.name")

@@ -25,7 +25,7 @@ from formats.teacher_weights import load_teacher
 from model.clip_teacher import TeacherConfig, auto_precision
 from model.network import build_network
 from trainer.collectives import backend_device
-from trainer.config import TrainConfig
+from trainer.config import LAYOUT, TrainConfig, data_layout, layout_mismatch
 from trainer.data import StreamSpec, finish_batch, make_loader, shared_shard_list, steps_per_epoch
 from trainer.metrics_log import MetricsLog
 from trainer.step import (
@@ -42,27 +42,8 @@ from trainer.unknown import UnknownRefresher
 CHECKPOINT_TAG = "engine"
 
 
-LAYOUT = "data_layout.json"  # beside the run's checkpoints: what cut the data streams (checked at start)
-
-
 class ResumeMismatch(RuntimeError):
     """A checkpoint cannot continue under the current world size or batch size."""
-
-
-def data_layout(cfg: TrainConfig) -> dict:
-    """What a checkpoint's data position depends on: each rank's stream is cut for this many ranks and
-    this batch size, so a checkpoint resumes only under the same two."""
-    return {"world_size": cfg.scaling.num_workers, "batch_size_per_worker": cfg.data.batch_size_per_worker}
-
-
-def layout_mismatch(cfg: TrainConfig, saved: dict) -> str | None:
-    """One line saying why the run cannot resume from `saved`, or None when it can."""
-    now = data_layout(cfg)
-    if {k: saved.get(k, now[k]) for k in now} == now:
-        return None
-    return (f"run {cfg.run.name} was checkpointed with {saved['world_size']} workers x "
-            f"{saved['batch_size_per_worker']} images; resuming with {now['world_size']} x "
-            f"{now['batch_size_per_worker']} would repeat or skip data: use those settings or a new run.name")
 
 
 @dataclass(frozen=True)

@@ -14,22 +14,26 @@ import logging
 import os
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 # Run as a file (`python trainer/train.py`, as under `ray job submit`): this checkout's packages,
 # not an installed copy of them.
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ray.train
-from ray.train.torch import TorchConfig, TorchTrainer
+if TYPE_CHECKING:
+    import ray.train
 
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from common.storage import arrow_filesystem, filesystem, join, read_json
 from formats.manifest import check_dataset
 from formats.sidecar import read_embed_manifest
-from trainer.config import TrainConfig
-from trainer.loop import LAYOUT, LoopInputs, layout_mismatch, train_loop
+from trainer.config import LAYOUT, TrainConfig, layout_mismatch
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up on the run: its workers' tracebacks are above, in their logs."""
 
 
 def _absolute(url: str) -> str:
@@ -69,12 +73,19 @@ def check_resumable(cfg: TrainConfig) -> None:
 
 
 def run(cfg: TrainConfig) -> ray.train.Result:
+    """Train, after checking the user's inputs: Ray Train, DeepSpeed and the loop are imported only
+    then (4-9 s on a 2-core box), so a mistake is one line within seconds."""
     check_resumable(cfg)
     check_dataset(cfg.data.shards)  # here, as one line, not as every worker's traceback once Ray is up
     embedded = read_embed_manifest(cfg.data.clip)
     if embedded["random_init"]:
         logging.warning("the CLIP features in %s come from a RANDOMLY INITIALISED teacher", cfg.data.clip)
     cfg = resolve(cfg, embedded)
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer.loop import LoopInputs, train_loop
+
     init_ray()
     path, filesystem_ = arrow_filesystem(cfg.run.storage_path)
     trainer = TorchTrainer(
@@ -92,7 +103,10 @@ def run(cfg: TrainConfig) -> ray.train.Result:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept)),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainingFailed(str(e).strip().splitlines()[0]) from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # the settings disagree with the CLIP features or the run's checkpoints
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ray.train.TrainingFailedError as e:  # the workers' tracebacks are above, in their logs
-        print(f"error: training failed: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    except TrainingFailed as e:
+        print(f"error: training failed: {e}", file=sys.stderr)
         return 1
     if result.error:
         print(f"error: training failed: {str(result.error).strip().splitlines()[0]}", file=sys.stderr)

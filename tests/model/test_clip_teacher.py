@@ -15,14 +15,16 @@ from torch import nn
 from formats import teacher_weights
 from model.baselines import TeacherNet
 from model.clip_teacher import (
-    IMAGENET_TEMPLATES,
     SCENE_TEMPLATES,
     Teacher,
     TeacherConfig,
+    architectures,
     dense_features,
     global_embedding,
+    imagenet_templates,
     interpolate_pos_embed,
     load_teacher,
+    pretrained_kind,
     resolve_pretrained,
     text_prototypes,
 )
@@ -265,8 +267,8 @@ def test_unsupported_vision_tower_is_a_clear_error():
 
 
 def test_templates_are_openclip_80_plus_maskclip_scene():
-    assert len(IMAGENET_TEMPLATES) == 80
-    assert IMAGENET_TEMPLATES[0]("cat") == "a bad photo of a cat."
+    assert len(imagenet_templates()) == 80
+    assert imagenet_templates()[0]("cat") == "a bad photo of a cat."
     assert SCENE_TEMPLATES[0]("cat") == "there is a cat in the scene."
     assert SCENE_TEMPLATES[4]("cat") == "this is one cat in the scene."
     assert len(SCENE_TEMPLATES) == 5
@@ -274,7 +276,7 @@ def test_templates_are_openclip_80_plus_maskclip_scene():
 
 def test_text_prototypes_equal_hand_ensemble(vit):
     names = ["cat", "traffic light"]
-    templates = (IMAGENET_TEMPLATES[0], SCENE_TEMPLATES[0], "itap of a {}.".format)
+    templates = (imagenet_templates()[0], SCENE_TEMPLATES[0], "itap of a {}.".format)
     expected = []
     for name in names:
         embs = [vit.model.encode_text(vit.tokenizer([t(name)]))[0] for t in templates]
@@ -371,6 +373,23 @@ def test_pretrained_forms_are_routed(tmp_path):
     # A tag of another model is not a tag of this one.
     with pytest.raises(ValueError, match="open_clip tag"):
         resolve_pretrained("tiny-vit", "openai", str(tmp_path))
+
+
+def test_pretrained_kinds_and_a_missing_file_told_from_its_name(tmp_path):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    assert [pretrained_kind("RN50", p) for p in ("", "openai", str(weights), "s3://b/w.pt")] == \
+        ["random", "tag", "file", "url"]
+    # a folder or a weights suffix is a file name (no tag has either), missing: none of the kinds
+    assert pretrained_kind("RN50", str(tmp_path / "nope.pt")) is None
+    assert pretrained_kind("RN50", "nope.safetensors") is None
+    assert pretrained_kind("RN50", "no-such-tag") is None
+
+
+def test_architectures_are_open_clips_list_read_without_importing_it():
+    # the job checks a model name with architectures() before open_clip is imported: the two lists agree
+    assert architectures() == set(open_clip.list_models())
+    assert {"tiny-rn", "tiny-vit", "ViT-B-16", "RN50"} <= architectures()
 
 
 def test_bf16_teacher_is_close_to_fp32_and_returns_fp32(vit):
