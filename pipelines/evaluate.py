@@ -54,7 +54,7 @@ from pipelines.inference.predict import (
     RayMapper,
     SampleWork,
     gather_samples,
-    matched_upscale,
+    matched_factor,
 )
 
 log = logging.getLogger("evaluate")
@@ -298,9 +298,9 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
         init_ray(cfg.num_cpus or None)
         mapper = RayMapper(spec, cfg.num_workers, cfg.gpus_per_actor)
     main_method = spec.main_method
-    upscale = matched_upscale(loaded)  # 1: the teacher's grid is the student's already, no second row
+    factor = matched_factor(loaded)  # 1: the teacher's grid is the student's already, no second row
     methods = {t: [main_method] + [b for b in TASKS[t].baselines if cfg.baselines and b in spec.available
-                                   and b != main_method and (b != "teacher_matched" or upscale > 1)] for t in tasks}
+                                   and b != main_method and (b != "teacher_matched" or factor > 1)] for t in tasks}
     heads = fit_heads(cfg, data, seen, methods, loaded, mapper, options)
     work = ScoreWork(data, heads, options, panel_indices(len(indices), cfg.num_panels))
     all_methods = tuple(sorted({h.method for h in heads.values()}))
@@ -316,7 +316,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
                                                    if cfg.background == "threshold" else {})}
         if background_index(names) is not None else None,
         "teacher": {**loaded.meta["teacher"], "random_init": not loaded.meta["teacher"].get("pretrained"),
-                    "matched_upscale": upscale},
+                    "matched_factor": factor},
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
         "methods": {m: METHOD_TITLES[m] for m in all_methods}, "tasks": results,
         "probe": {"root": probe_root, "split": "the folder" if cfg.dataset == "generic" else cfg.probe_split}

@@ -91,7 +91,7 @@ TASKS: dict[str, Task] = {
                        ("seen px called unknown", "seen_pixels_unknown"))),
 }
 METHOD_TITLES = {"student": "student", "teacher": "CLIP teacher alone (MaskCLIP)",
-                 "teacher_matched": "CLIP teacher, input enlarged to the student's grid",
+                 "teacher_matched": "CLIP teacher, shift-and-stitch to the student's grid",
                  "pixels": "k-means on raw pixels", "untrained": "untrained network"}
 
 

@@ -56,9 +56,9 @@ class Loaded:
             return load_teacher(TeacherConfig(**self.meta["teacher"]))
 
 
-def matched_upscale(loaded: Loaded) -> int:
-    """How many times the teacher's input is enlarged to give the student's grid (1: already matched, or
-    no student); the largest divisor of the teacher's stride that does not pass the student's."""
+def matched_factor(loaded: Loaded) -> int:
+    """How many times finer than its own the teacher's grid is made to meet the student's (1: already
+    matched, or no student); the largest divisor of the teacher's stride that does not pass the student's."""
     if loaded.student is None:
         return 1
     patch = loaded.teacher.patch_size
@@ -77,10 +77,10 @@ METHODS: dict[str, Callable[[Loaded], nn.Module]] = {
     "student": lambda loaded: loaded.student,
     # the dense features the student was trained on (a model file records them; MaskCLIP's before that)
     "teacher": lambda loaded: TeacherNet(loaded.teacher, loaded.meta["extra"].get("teacher_last_block", "maskclip")),
-    # the same, its input enlarged until its grid is the student's: native vs matched resolution
+    # the same, its grid made the student's by shift-and-stitch: native vs matched resolution
     "teacher_matched": lambda loaded: TeacherNet(loaded.teacher, loaded.meta["extra"].get("teacher_last_block",
                                                                                           "maskclip"),
-                                                 matched_upscale(loaded)),
+                                                 matched_factor(loaded)),
     "untrained": _untrained,
     "pixels": lambda loaded: RawPixels(),
 }

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from formats import teacher_weights
-from model.baselines import TeacherNet
+from model.baselines import TeacherNet, shift
 from model.clip_teacher import (
     SCENE_TEMPLATES,
     Teacher,
@@ -419,13 +419,28 @@ def test_the_teacher_baseline_uses_the_dense_features_the_student_was_trained_on
     assert not torch.allclose(TeacherNet(vit)(imgs).clip, TeacherNet(vit, "clearclip")(imgs).clip, atol=1e-2)
 
 
-def test_the_matched_teacher_sees_the_image_enlarged_and_answers_on_a_finer_grid(vit):
+def test_shift_moves_the_image_and_repeats_its_border():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert shift(x, 0, 0).equal(x)
+    assert shift(x, 1, 0)[0, 0].tolist() == [[4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [12, 13, 14, 15]]
+    assert shift(x, 0, -2)[0, 0, 0].tolist() == [0, 0, 0, 1]
+
+
+def test_the_matched_teacher_stitches_shifted_passes_onto_a_finer_grid(vit):
     imgs = images(1, 64, 64)
-    matched = TeacherNet(vit, upscale=4)
-    assert matched.output_stride * 4 == TeacherNet(vit).output_stride
-    out = matched(imgs)
-    assert out.clip.shape[-2:] == (64 // matched.output_stride,) * 2
-    enlarged = torch.nn.functional.interpolate(imgs, scale_factor=4, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out.clip, TeacherNet(vit)(enlarged).clip)
+    factor = 4
+    matched, native = TeacherNet(vit, factor=factor), TeacherNet(vit)
+    assert matched.output_stride * factor == native.output_stride
+    out = matched(imgs).clip
+    assert out.shape[-2:] == (64 // matched.output_stride,) * 2
+    # fine cell (k f + a, l f + b) is coarse cell (k, l) of the pass shifted by offsets a, b; the offsets
+    # centre each coarse cell on its fine cell: a * fine - (patch - fine) / 2
+    fine, patch = matched.output_stride, native.output_stride
+    offsets = [a * fine - (patch - fine) // 2 for a in range(factor)]
+    normalised = (imgs - torch.tensor(vit.mean).view(1, 3, 1, 1)) / torch.tensor(vit.std).view(1, 3, 1, 1)
+    for a, b in ((0, 0), (1, 3), (3, 2)):
+        coarse = dense_features(vit.model, shift(normalised, offsets[a], offsets[b]))
+        torch.testing.assert_close(out[..., a::factor, b::factor], coarse, atol=1e-5, rtol=1e-4)
+    assert offsets[0] < 0 < offsets[-1] and offsets[0] + offsets[-1] == 0  # symmetric about the unshifted image
     with pytest.raises(ValueError, match="must divide"):
-        TeacherNet(vit, upscale=3)
+        TeacherNet(vit, factor=3)

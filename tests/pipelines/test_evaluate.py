@@ -170,7 +170,7 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
                  "--output", str(out), "--task", "all", "--unseen", "dotted,wavy", "--num-panels", "2",
                  "--scales", "1.0,1.5", "--window", "48", "--num-workers", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
-    # the teacher (stride 32) also at the student's grid (stride 8): its input enlarged 4 times
+    # the teacher (stride 32) also at the student's grid (stride 8): shift-and-stitch, factor 4
     teachers = {"teacher", "teacher_matched"}
     expected = {"language": {"student", *teachers}, "unsupervised": {"student", "pixels", "untrained", *teachers},
                 "unseen": {"student", *teachers}, "probe": {"student", "untrained", *teachers},
@@ -184,7 +184,7 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
     assert 0 <= report["tasks"]["unseen"]["student"]["hiou"] <= 1
     assert report["teacher"]["random_init"] is True and report["network"]["output_stride"] == 8
     table = (out / "report.md").read_text()
-    assert report["teacher"]["matched_upscale"] == 4
+    assert report["teacher"]["matched_factor"] == 4
     summary, per_class = table.split("## Per-class IoU")
     assert "RANDOM weights" in summary and summary.count("\n| ") == 6  # header and five methods
     assert "| dotted |" in per_class and "### knn" in per_class
