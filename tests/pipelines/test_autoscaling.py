@@ -92,3 +92,25 @@ def test_shard_then_embed_scale_out_from_a_0_cpu_head(cluster, tmp_path, monkeyp
     # the actor holds the GPU; the fake one has no CUDA behind it, which the actor itself found, choosing fp32
     assert "6 parts by cpu (fp32) with 1 GPU assigned" in capsys.readouterr().out
     assert json.loads((tmp_path / "clip" / "embed_manifest.json").read_text())["storage"] == "float16"
+
+
+@pytest.mark.slow
+def test_segment_model_actors_ask_for_gpus_the_autoscaler_adds(cluster, tmp_path, monkeypatch):
+    # evaluate and segment share this pool (pipelines.inference.predict.RayMapper): grown from one actor
+    # as the cluster does, each asking for --gpus-per-actor (auto: 1 under `ray job submit`)
+    from ray.util.state import list_actors
+
+    from pipelines import segment
+
+    write_corpus(str(tmp_path / "corpus"), num_train=0, num_val=3, size=64)
+    monkeypatch.setenv("RAY_ADDRESS", cluster)
+    written = segment.run(segment.SegmentConfig(checkpoint="teacher", clip_model="tiny-rn",
+                                                images=str(tmp_path / "corpus" / "val" / "images"),
+                                                output=str(tmp_path / "out"), prompts=("striped", "dotted")))
+    assert len(written) == 3 and all((tmp_path / "out" / f"{stem}_labels.png").exists() for stem in written)
+    gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0}
+    actors = list_actors(detail=True, limit=1000)
+    models = [a for a in actors if "PredictActor" in (a.get("repr_name") or "")]  # not the embed job's
+    assert models, [(a["class_name"], a.get("repr_name")) for a in actors]
+    assert all(a["required_resources"].get("GPU") == 1 for a in models)
+    assert {a["node_id"] for a in models} <= gpu_nodes  # they ran where the autoscaler put a GPU
