@@ -34,17 +34,17 @@ def plot_losses(metrics_jsonl: str, png: str, weights: dict[str, float]) -> None
 
 
 def write_report(run_root: str, table: str, teacher_note: str, metrics_jsonl: str, loss_weights: dict[str, float],
-                 per_class: str = "", scored_on: str = "", panels_dir: str = "eval/panels") -> str:
-    """runs/NAME/report.md (the evaluation's Markdown `table` first, its `per_class` tables last) beside
-    loss_curve.png and the evaluation's panels; returns its path."""
+                 per_class: str = "", scored_on: str = "", panels_dir: str = "eval/panels", more: str = "") -> str:
+    """runs/NAME/report.md (the evaluation's Markdown `table` first, then `more` (Markdown: another split's
+    table), its `per_class` tables last) beside loss_curve.png and the evaluation's panels; returns its path."""
     plot_losses(metrics_jsonl, os.path.join(run_root, "loss_curve.png"), loss_weights)
     panels = sorted(f for f in os.listdir(os.path.join(run_root, panels_dir)) if f.endswith(".png"))
     lines = [table, *([f"Scored on {scored_on}.", ""] if scored_on else []), f"Teacher: {teacher_note}.", "",
              "Methods: the trained student; the CLIP teacher alone through MaskCLIP's dense path on every task "
              "(its dense features clustered, probed and k-NN-voted for the label-free tasks), at its own grid "
-             "and with its input enlarged until its grid is the student's; k-means on raw pixels and an "
-             "untrained network as floors. Probes and k-NN learn from the separate probe split.", "",
-             "## Training loss", "", "![loss curve](loss_curve.png)", "", "## Examples", ""]
+             "and at the student's grid by shift-and-stitch (its own input scale, shifted passes); k-means on raw "
+             "pixels and an untrained network as floors. Probes and k-NN learn from the separate probe split.", "",
+             *([more, ""] if more else []), "## Training loss", "", "![loss curve](loss_curve.png)", "", "## Examples", ""]
     lines += [f"![{p}]({panels_dir}/{p})" for p in panels]
     lines += ["", "Each panel's method titles carry its mIoU (%) on that image.", "", per_class]
     path = os.path.join(run_root, "report.md")

@@ -1,7 +1,9 @@
 """Synthetic scenes with ground truth: textured shapes whose class is carried by texture and shape.
 
 Colour is drawn at random for every object, so a model can only tell classes apart by pattern and
-outline, which is what a segmenter has to learn from real photos too. Each scene has an image, a
+outline, which is what a segmenter has to learn from real photos too. Each class has its own outline;
+with `any_shape` every object's outline is drawn at random instead (the same scene otherwise), so a
+score there cannot come from recognising the outline: the `test_anyshape` split the main job also scores. Each scene has an image, a
 per-pixel class mask and a caption ("a photo of a striped square at the top left and ...").
 
     python demo/synth.py --output data/synth --num-train 3000 --num-val 200
@@ -92,9 +94,13 @@ def _where(cy: float, cx: float, size: int) -> str:
     return " ".join(w for w in (row, col) if w) or "center"
 
 
-def render_scene(seed: int, size: int = 128) -> Scene:
-    """One deterministic scene: a textured background and one to three textured shapes."""
+def render_scene(seed: int, size: int = 128, any_shape: bool = False) -> Scene:
+    """One deterministic scene: a textured background and one to three textured shapes, each its class'
+    outline, or with `any_shape` an outline drawn at random (from a generator of its own, so the scene is
+    the same one but for its outlines)."""
     rng = np.random.default_rng(seed)
+    outlines = np.random.default_rng([seed, 1])
+    shapes = sorted(set(SHAPES.values()))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     lo, hi = _colours(rng)
     image = lo + _pattern("background", yy, xx, size, rng)[..., None] * (hi - lo)
@@ -105,12 +111,13 @@ def render_scene(seed: int, size: int = 128) -> Scene:
         kind = CLASSES[label]
         radius = size * rng.uniform(0.14, 0.26)
         cy, cx = rng.uniform(radius, size - radius, 2)
-        inside = _shape_mask(SHAPES[kind], yy, xx, cy, cx, radius, rng)
+        shape = shapes[int(outlines.integers(len(shapes)))] if any_shape else SHAPES[kind]
+        inside = _shape_mask(shape, yy, xx, cy, cx, radius, rng)
         lo, hi = _colours(rng)
         texture = lo + _pattern(kind, yy, xx, size, rng)[..., None] * (hi - lo)
         image[inside] = texture[inside]
         mask[inside] = label
-        phrases.append(f"a {kind} {SHAPES[kind]} at the {_where(cy, cx, size)}")
+        phrases.append(f"a {kind} {shape} at the {_where(cy, cx, size)}")
     image += rng.normal(0, 6, image.shape).astype(np.float32)
     caption = "a photo of " + " and ".join(phrases) + "."
     return Scene(np.clip(image, 0, 255).astype(np.uint8), mask, caption)
@@ -122,27 +129,29 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_labelled(output: str, split: str, count: int, first_seed: int, size: int) -> None:
+def write_labelled(output: str, split: str, count: int, first_seed: int, size: int, any_shape: bool = False) -> None:
     """The generic evaluation layout under SPLIT/: images/NAME.jpg, masks/NAME.png, classes.txt."""
     fs, root = fsspec.core.url_to_fs(output)
     root = f"{root.rstrip('/')}/{split}"
     for sub in ("images", "masks"):
         fs.makedirs(f"{root}/{sub}", exist_ok=True)
     for i in range(count):
-        scene = render_scene(first_seed + i, size)
+        scene = render_scene(first_seed + i, size, any_shape)
         fs.pipe_file(f"{root}/images/{i:06d}.jpg", _encode(scene.image, "JPEG"))
         fs.pipe_file(f"{root}/masks/{i:06d}.png", _encode(scene.mask, "PNG"))
     fs.pipe_file(f"{root}/classes.txt", ("\n".join(CLASSES) + "\n").encode())
 
 
 TEST_SEEDS = 900_000  # where the test split's scenes start, past val's (500,000) and probe's (700,000)
+ANY_SHAPE_TEST = "test_anyshape"  # the test split's scenes with every outline drawn at random
 
 
 def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, seed: int = 0, num_probe: int = 0,
                  num_test: int = 0) -> None:
     """Unlabelled training images with captions (train/), the labelled validation set (val/, the dev split
     settings are chosen on) and, optionally, a labelled set to fit linear probes on (probe/) and a
-    labelled test split no setting is chosen on (test/); disjoint seed ranges keep them apart."""
+    labelled test split no setting is chosen on (test/, and the same scenes with any outline in
+    test_anyshape/); disjoint seed ranges keep them apart."""
     fs, root = fsspec.core.url_to_fs(output)
     root = root.rstrip("/")
     fs.makedirs(f"{root}/train", exist_ok=True)
@@ -155,6 +164,7 @@ def write_corpus(output: str, num_train: int, num_val: int, size: int = 128, see
         write_labelled(output, "probe", num_probe, seed * 1_000_003 + 700_000, size)
     if num_test:
         write_labelled(output, "test", num_test, seed * 1_000_003 + TEST_SEEDS, size)
+        write_labelled(output, ANY_SHAPE_TEST, num_test, seed * 1_000_003 + TEST_SEEDS, size, any_shape=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,10 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
         for method, scores in report["tasks"][task].items():
             assert 0 <= scores["miou"] <= 1, (task, method)
     assert set(report["tasks"]["classfree"]) == {"student", "teacher", "teacher_matched"}
+    # the same scenes with any outline: the tasks that tell language (and texture) from shape
+    anyshape = json.loads((run / "eval" / "anyshape" / "report.json").read_text())
+    assert anyshape["config"]["data_root"].endswith("corpus/test_anyshape")
+    assert set(anyshape["tasks"]) == {"language", "unseen", "probe"}
     assert set(report["tasks"]["unsupervised"]) == {"student", "teacher", "teacher_matched", "pixels", "untrained"}
     # "clearly above": measured 17.3 and 16.1 against 8.9-9.5 (untrained) and 5.5-6.0 (raw pixels),
     # with two teachers open_clip_train drew from the same recipe (CPU training is not bit-reproducible)
@@ -38,6 +42,7 @@ def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
     assert unsupervised["student"]["miou"] > 1.2 * baselines, {m: s["miou"] for m, s in unsupervised.items()}
     text = (run / "report.md").read_text()
     assert "| student |" in text and "open_clip_train" in text and "Scored on the test split" in text
+    assert "every outline drawn at random" in text and text.count("| student |") >= 2
     assert (run / "loss_curve.png").stat().st_size > 1000
     assert any(p.name.startswith("unsupervised_") for p in (run / "eval" / "panels").iterdir())
     assert "report:" in first.stdout

@@ -32,3 +32,20 @@ def test_every_class_appears_in_a_small_corpus(tmp_path):
     assert sorted(p.name for p in (tmp_path / "train").iterdir())[:2] == ["000000.jpg", "000000.txt"]
     assert (tmp_path / "val" / "classes.txt").read_text().split() == list(CLASSES)
     assert len(list((tmp_path / "val" / "masks").iterdir())) == 2
+
+
+def test_with_any_shape_an_outline_tells_nothing_of_the_class(tmp_path):
+    outlines = {kind: set() for kind in CLASSES[1:]}
+    for seed in range(60):
+        scene = render_scene(seed, 64, any_shape=True)
+        assert scene.caption == render_scene(seed, 64, any_shape=True).caption  # deterministic
+        for kind in outlines:
+            outlines[kind] |= {s for s in set(SHAPES.values()) if f"{kind} {s} " in scene.caption}
+        # the same scene but for its outlines: same classes, same number of objects
+        tied = render_scene(seed, 64)
+        assert tied.caption.count(" at the ") == scene.caption.count(" at the ")
+        assert [p.split()[1] for p in tied.caption.split(" and ")[1:]] == \
+            [p.split()[1] for p in scene.caption.split(" and ")[1:]]
+    assert all(len(shapes) >= 4 for shapes in outlines.values()), outlines
+    write_corpus(str(tmp_path), num_train=0, num_val=1, size=64, num_test=2)
+    assert len(list((tmp_path / "test_anyshape" / "masks").iterdir())) == 2
