@@ -19,7 +19,7 @@ import torch
 from common.storage import join
 from formats.manifest import read_manifest
 
-log = logging.getLogger("teacher")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The main job: from nothing to a trained, evaluated model with a report a person can read.
 
     python pipelines/main.py --name demo            # local Ray, generated corpus, no downloads
-    python pipelines/main.py --name demo --quick    # the short profile the tests use
+    python pipelines/main.py --name demo --quick    # the short profile (pipelines/profiles/quick.yaml)
     python pipelines/main.py --name real --clip-model ViT-B-16 --clip-pretrained openai ...
     python pipelines/main.py --name mine --train-images photos/ --eval-root labelled/ \
         --clip-model ViT-B-16 --clip-pretrained openai --unseen cat   # your own data

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,46 +13,49 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The quick profile made smaller still: every stage and every report of the README's first command in
+# a few minutes. What the full --quick run scores (the student against its baselines) is a benchmark
+# figure (BENCHMARKS.md, "The student against its teacher's own features"): 25 minutes here, too long
+# for the suite; tests/model/test_training.py holds that training aligns embeddings with regions.
+SMALL = ["--quick", "--num-train", "256", "--num-val", "16", "--num-test", "16", "--num-probe", "16",
+         "--samples-per-shard", "64", "--teacher-epochs", "1", "--train-epochs", "1"]
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # about 13 minutes here, the teacher's training and every baseline's evaluation
-def test_quick_main_run_reports_and_beats_both_kmeans_baselines(tmp_path):
-    cmd = [sys.executable, "pipelines/main.py", "--name", "e2e", "--quick", "--runs-root", str(tmp_path)]
+def test_main_run_goes_from_nothing_to_a_report_and_a_rerun_redoes_nothing(tmp_path):
+    cmd = [sys.executable, "pipelines/main.py", "--name", "e2e", *SMALL, "--runs-root", str(tmp_path)]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    started = time.time()
-    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    first_seconds = time.time() - started
     run = tmp_path / "e2e"
     report = json.loads((run / "eval" / "report.json").read_text())
     assert report["config"]["data_root"].endswith("corpus/test")  # the split no setting was chosen on
-    unsupervised = report["tasks"]["unsupervised"]
-    for task in ("language", "unsupervised", "unseen", "probe", "classfree"):
+    assert report["num_images"] == 16
+    assert set(report["tasks"]) == {"language", "unsupervised", "unseen", "probe", "knn", "classfree"}
+    for task in report["tasks"]:
         for method, scores in report["tasks"][task].items():
             assert 0 <= scores["miou"] <= 1, (task, method)
     assert set(report["tasks"]["classfree"]) == {"student", "teacher", "teacher_matched"}
+    assert set(report["tasks"]["unsupervised"]) == {"student", "teacher", "teacher_matched", "pixels", "untrained"}
+    assert report["tasks"]["unseen"]["student"]["unseen_classes"] == ["dotted"]
     # the same scenes with any outline: the tasks that tell language (and texture) from shape
     anyshape = json.loads((run / "eval" / "anyshape" / "report.json").read_text())
     assert anyshape["config"]["data_root"].endswith("corpus/test_anyshape")
     assert set(anyshape["tasks"]) == {"language", "unseen", "probe"}
-    assert set(report["tasks"]["unsupervised"]) == {"student", "teacher", "teacher_matched", "pixels", "untrained"}
-    # "clearly above": measured 17.3 and 16.1 against 8.9-9.5 (untrained) and 5.5-6.0 (raw pixels),
-    # with two teachers open_clip_train drew from the same recipe (CPU training is not bit-reproducible)
-    baselines = max(unsupervised["pixels"]["miou"], unsupervised["untrained"]["miou"])
-    assert unsupervised["student"]["miou"] > 1.2 * baselines, {m: s["miou"] for m, s in unsupervised.items()}
     text = (run / "report.md").read_text()
     assert "| student |" in text and "open_clip_train" in text and "Scored on the test split" in text
     assert "every outline drawn at random" in text and text.count("| student |") >= 2
     assert (run / "loss_curve.png").stat().st_size > 1000
     assert any(p.name.startswith("unsupervised_") for p in (run / "eval" / "panels").iterdir())
     assert "report:" in first.stdout
+    assert json.loads((run / "shards" / "manifest.json").read_text())["num_samples"] == 256
 
-    started = time.time()
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 written, 8 already complete" in again.stdout and "0 embedded now" in again.stdout
+    assert "0 written, 4 already complete" in again.stdout and "0 embedded now" in again.stdout
+    assert "teacher: reusing" in again.stderr
     assert "exists" in again.stderr + again.stdout  # training is not redone
-    assert "evaluate: " in again.stderr and "report.json exists" in again.stderr  # nor the evaluation
-    assert time.time() - started < 0.5 * first_seconds
+    assert again.stderr.count("report.json exists") == 2  # nor either evaluation
 
 
 def test_a_bad_trainer_setting_stops_the_run_before_any_stage(tmp_path, capsys):

@@ -32,7 +32,7 @@ from model.inference import (
 from model.metrics import IGNORE_INDEX
 from model.network import SegNet, build_network
 
-log = logging.getLogger("predict")
+log = logging.getLogger(__name__)
 
 TEACHER_ONLY = "teacher"  # --checkpoint value: the CLIP teacher (MaskCLIP) is the model itself
 
