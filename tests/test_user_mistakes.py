@@ -163,9 +163,9 @@ def test_a_user_mistake_is_one_line_and_exit_status_2_with_no_ray_and_nothing_wr
 
 
 # What makes the one line come within seconds: the libraries that take 2-9 s to import on a 2-core box
-# (open_clip and torchvision, which brings torch._dynamo; Ray Data; Ray Train; DeepSpeed) are imported
-# after the checks, where the job uses them.
-LATE_IMPORTS = ("open_clip", "torchvision", "ray.data", "ray.train", "deepspeed")
+# (open_clip and torchvision, which brings torch._dynamo; Ray Data; Ray Train; DeepSpeed; scipy.optimize,
+# 0.4 s) are imported after the checks, where the job uses them.
+LATE_IMPORTS = ("open_clip", "torchvision", "ray.data", "ray.train", "deepspeed", "scipy.optimize")
 
 
 @pytest.mark.parametrize("case", ["shard: missing input", "embed: missing weights file", "embed: unknown open_clip model",

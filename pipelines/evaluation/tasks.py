@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from model.metrics import IGNORE_INDEX, apply_mapping, hungarian_match, seen_unseen_scores, segmentation_scores
@@ -51,6 +50,8 @@ def classfree_scores(conf: np.ndarray, names: list[str], seen: np.ndarray) -> di
     merged[:k, :k] = conf[:, :k]
     to_class = np.full(clusters.shape[1], IGNORE_INDEX, np.int64)
     if len(unseen_rows) and clusters.shape[1]:
+        from scipy.optimize import linear_sum_assignment  # 0.4 s to import: not before a job's input checks
+
         rows, cols = linear_sum_assignment(clusters[unseen_rows], maximize=True)
         to_class[cols] = unseen_rows[rows]
     for cluster, target in enumerate(to_class):
