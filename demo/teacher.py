@@ -22,6 +22,11 @@ from formats.manifest import read_manifest
 log = logging.getLogger(__name__)
 
 
+# Part of a recipe's cache key. 2: open_clip_train's sample shuffle seeded (demo/teacher_train.py); a
+# teacher cached before was one draw of its recipe, not the recipe's one teacher.
+TRAINER_VERSION = 2
+
+
 @dataclass(frozen=True)
 class TeacherRecipe:
     model: str
@@ -37,7 +42,8 @@ class TeacherRecipe:
 
     @property
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha1(json.dumps({**dataclasses.asdict(self), "trainer": TRAINER_VERSION},
+                                       sort_keys=True).encode()).hexdigest()[:12]
 
 
 def open_clip_train_args(recipe: TeacherRecipe, shards: str, logs: str) -> list[str]:

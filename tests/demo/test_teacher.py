@@ -1,0 +1,76 @@
+"""The demo's teacher stage: open_clip_train on our shards, cached by its recipe. One recipe gives one
+teacher, bit for bit (open_clip_train's sample shuffle seeded, demo/teacher_train.py); a training killed
+mid-way resumes on the rerun from its last epoch, on the same epochs' data order. (Not bit-equal to the
+uninterrupted teacher: the loader worker's augmentation generator starts afresh with the rerun.)"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from demo.synth import write_corpus
+from demo.teacher import TeacherRecipe, ensure_teacher
+from model.clip_teacher import open_clip
+from pipelines import shard
+
+REPO = Path(__file__).resolve().parents[2]
+# 3 steps an epoch: the kill lands after the first epoch's checkpoint, before the last epoch ends
+RECIPE = TeacherRecipe("tiny-rn", epochs=3, num_train=48, image_size=128, batch_size=16, warmup_steps=1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("teacher")
+    write_corpus(str(root / "corpus"), num_train=48, num_val=0, size=128)
+    shard.run(shard.ShardConfig(input=str(root / "corpus" / "train"), output=str(root / "shards"),
+                                samples_per_shard=16, image_size=128, resize_mode="none"))
+    return str(root / "shards")
+
+
+def weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+def test_one_recipe_gives_one_teacher(shards, tmp_path):
+    first, second = (weights(ensure_teacher(RECIPE, shards, str(tmp_path / n))[0]) for n in ("a", "b"))
+    assert first.keys() == second.keys()
+    for name, weight in first.items():  # (they differed by up to 0.23 before the shuffle was seeded)
+        assert torch.equal(weight, second[name]), name
+
+
+@pytest.mark.slow
+def test_a_killed_teacher_training_resumes_from_its_last_epoch(shards, tmp_path):
+    root = tmp_path / "teachers"
+    # the stage as the main job runs it, in a process group of its own so that the trainer under it dies too
+    code = ("from demo.teacher import TeacherRecipe, ensure_teacher; "
+            f"ensure_teacher({RECIPE!r}, {shards!r}, {str(root)!r})")
+    stage = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = root / RECIPE.key / "logs" / "openclip"
+    deadline = time.time() + 300
+    while not (logs / "checkpoints" / "epoch_latest.pt").exists() and stage.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert stage.poll() is None, "the training ended before it could be killed"
+    os.killpg(stage.pid, signal.SIGKILL)
+    stage.wait()
+    assert not (root / RECIPE.key / "teacher.pt").exists()
+
+    teacher, note = ensure_teacher(RECIPE, shards, str(root))  # the rerun
+    log = (logs / "out.log").read_text()
+    before, resumed, after = log.partition("=> resuming checkpoint")
+    assert resumed, log[-2000:]
+    started = [int(n) for n in re.findall(r"Start epoch (\d+)", after)]
+    assert "Start epoch 0" in before and started and started[0] >= 1, log[-2000:]
+    assert started == list(range(started[0], RECIPE.epochs))  # on from the checkpoint, to the recipe's end
+    saved = torch.load(teacher, map_location="cpu", weights_only=False)
+    assert saved["epoch"] == RECIPE.epochs
+    open_clip().create_model(RECIPE.model).load_state_dict(saved["state_dict"])  # every weight, none extra
+    assert not (logs / "checkpoints").exists()  # the optimizer's checkpoints are dropped once the teacher is out
+    assert ensure_teacher(RECIPE, shards, str(root)) == (teacher, note)  # a finished teacher is reused
