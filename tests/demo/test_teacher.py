@@ -17,7 +17,6 @@ import torch
 from demo.synth import write_corpus
 from demo.teacher import TeacherRecipe, ensure_teacher
 from model.clip_teacher import open_clip
-from pipelines import shard
 
 REPO = Path(__file__).resolve().parents[2]
 # 3 steps an epoch: the kill lands after the first epoch's checkpoint, before the last epoch ends
@@ -25,11 +24,16 @@ RECIPE = TeacherRecipe("tiny-rn", epochs=3, num_train=48, image_size=128, batch_
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local):
+def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("teacher")
     write_corpus(str(root / "corpus"), num_train=48, num_val=0, size=128)
-    shard.run(shard.ShardConfig(input=str(root / "corpus" / "train"), output=str(root / "shards"),
-                                samples_per_shard=16, image_size=128, resize_mode="none"))
+    # the shard job in a process of its own, as a user runs it: a Ray session in this test process would
+    # be one more thing the next module's cluster (tests/pipelines/test_autoscaling.py) has to live with
+    command = [sys.executable, "pipelines/shard.py", "--input", str(root / "corpus" / "train"), "--output",
+               str(root / "shards"), "--samples-per-shard", "16", "--image-size", "128", "--resize-mode", "none"]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     return str(root / "shards")
 
 
