@@ -16,18 +16,15 @@ import sys
 import torch
 import webdataset
 from open_clip_train.main import main
+from open_clip_train.params import parse_args
 
 from model.clip_teacher import open_clip
 
 
-def flag(args: list[str], name: str, default: str) -> str:
-    return args[args.index(name) + 1] if name in args else default
-
-
-def first_epoch(args: list[str]) -> int:
+def first_epoch(args) -> int:
     """The epoch this run starts at: a `--resume latest` run goes on from its latest checkpoint's."""
-    latest = os.path.join(flag(args, "--logs", "./logs"), flag(args, "--name", ""), "checkpoints", "epoch_latest.pt")
-    if flag(args, "--resume", "") != "latest" or not os.path.exists(latest):
+    latest = os.path.join(args.logs, args.name or "", "checkpoints", "epoch_latest.pt")
+    if args.resume != "latest" or not os.path.exists(latest):
         return 0
     return int(torch.load(latest, map_location="cpu", weights_only=False)["epoch"])
 
@@ -41,6 +38,6 @@ def seeded_sample_shuffle(seed: int, start: int):
 
 if __name__ == "__main__":
     open_clip()  # registers model/clip_configs with open_clip
-    argv = sys.argv[1:]
-    webdataset.shuffle = seeded_sample_shuffle(int(flag(argv, "--seed", "0")), first_epoch(argv))
-    main(argv)
+    args = parse_args(sys.argv[1:])  # open_clip_train's own reading of its flags (main reads them again)
+    webdataset.shuffle = seeded_sample_shuffle(args.seed, first_epoch(args))
+    main(sys.argv[1:])
