@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from fsspec.implementations.local import LocalFileSystem
 
 from common.storage import (
@@ -154,6 +153,9 @@ def iter_samples(url: str, name: str) -> Iterator[dict]:
     """Samples of `NAME.tar` under `url` as webdataset dicts ({"__key__": ..., "jpg": bytes, ...}), in
     order, streamed: one sample's members in memory at a time, and a consumer that stops early stops
     the reading (the file closes with the generator)."""
+    # webdataset imports torch (1-2 s): the shard job's workers and driver write tars and never need it
+    import webdataset as wds
+
     fs, root = filesystem(url)
     with fs.open(join(root, tar_name(name)), "rb") as stream:
         yield from wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": stream, "url": name}]))
