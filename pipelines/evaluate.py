@@ -41,7 +41,7 @@ from common.storage import filesystem, join, write_bytes_atomic, write_json_atom
 from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
 from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
-from model.inference import Head, InferenceOptions, fit_clusters, predict
+from model.inference import CLASSFREE_DECISIONS, Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX, confusion_matrix
 from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, per_class_tables, write_panels
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
@@ -87,6 +87,10 @@ class EvalConfig:
                 "--background-threshold, as many open-vocabulary papers report VOC-21 and Context-60)"})
     background_threshold: float = field(default=0.5, metadata={
         "help": "with --background threshold: CLIP-scaled softmax probability; choose it on a dev split"})
+    classfree_decision: str = field(default="flat", metadata={
+        "help": "class-free head: flat (one argmax over the names and the unexplained centres) or levels (known "
+                "where the explained centres' share beats each unexplained centre, then the best name: fewer "
+                "pixels called unknown)"})
     knn_k: int = field(default=20, metadata={"help": "k-NN task: training segments that vote (HSG's 20)"})
     knn_segments: int = field(default=16, metadata={"help": "k-NN task: segments per image (k-means of its embeddings)"})
     probe_epochs: int = 10
@@ -112,6 +116,8 @@ class EvalConfig:
         for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels", "knn_k", "knn_segments"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.classfree_decision not in CLASSFREE_DECISIONS:
+            raise ConfigError(f"classfree_decision must be one of {', '.join(CLASSFREE_DECISIONS)}")
         if self.background not in ("prompt", "threshold") or not 0 < self.background_threshold < 1:
             raise ConfigError("background must be prompt or threshold, background_threshold in (0, 1)")
         if {"unseen", "classfree"} & set(self.tasks) and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:
@@ -179,7 +185,8 @@ def classfree_params(inputs: HeadInputs) -> dict[str, torch.Tensor]:
     """The seen classes by name, the model's centres flagged against them; `columns` takes the head's
     ids (seen names, then unknown classes) to the confusion matrix's (dataset classes, then unknown)."""
     seen_names = [n for n, s in zip(inputs.names, inputs.seen) if s]
-    head = classfree_head(inputs.loaded.teacher, inputs.loaded.meta["prototypes"], seen_names)
+    head = classfree_head(inputs.loaded.teacher, inputs.loaded.meta["prototypes"], seen_names,
+                          decision=inputs.cfg.classfree_decision)
     k = len(inputs.names)
     columns = np.flatnonzero(inputs.seen).tolist() + [k + j for j in range(len(head.candidates))]
     return {**head.params, "columns": torch.tensor(columns, dtype=torch.long)}

@@ -38,7 +38,7 @@ from formats.datasets import Sample
 from formats.images import INPUT_EXTENSIONS
 from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
-from model.inference import Head, InferenceOptions, fit_clusters, predict
+from model.inference import CLASSFREE_DECISIONS, Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import compose, encode_png, overlay_image
@@ -138,6 +138,10 @@ class SegmentConfig:
     classfree: bool = field(default=False, metadata={
         "help": "known classes by name (--prompts, default the training names), the rest by the model's unknown "
                 "prototypes"})
+    classfree_decision: str = field(default="flat", metadata={
+        "help": "class-free head: flat (one argmax over the names and the unexplained centres) or levels (known "
+                "where the explained centres' share beats each unexplained centre, then the best name: fewer "
+                "pixels called unknown)"})
     vocabulary: tuple[str, ...] = field(default=(), metadata={
         "help": "with --classfree: names, comma-separated, to name each unknown class by its nearest"})
     window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
@@ -159,6 +163,8 @@ class SegmentConfig:
             raise ConfigError("choose either --unsupervised K (K > 0) or --prompts/--classfree")
         if not (self.unsupervised or self.prompts or self.classfree):
             raise ConfigError("say what to segment: --prompts a,b,c, --classfree or --unsupervised K")
+        if self.classfree_decision not in CLASSFREE_DECISIONS:
+            raise ConfigError(f"classfree_decision must be one of {', '.join(CLASSFREE_DECISIONS)}")
         if self.vocabulary and not self.classfree:
             raise ConfigError("--vocabulary names the unknown classes of --classfree: add --classfree")
 
@@ -177,7 +183,7 @@ def _classfree_head(cfg: SegmentConfig, loaded: Loaded, method: str, fit: Callab
     if len(protos["centres"]) == 0:
         raise ConfigError(f"{cfg.checkpoint} holds no prototypes of its teacher's features for --classfree")
     names = list(cfg.prompts) or list(protos["names"])  # default: the names the model was trained with
-    head = classfree_head(loaded.teacher, protos, names, list(cfg.vocabulary))
+    head = classfree_head(loaded.teacher, protos, names, list(cfg.vocabulary), cfg.classfree_decision)
     for i, candidates in enumerate(head.candidates):
         if candidates:
             log.info("unknown-%d: nearest in the vocabulary %s", i, ", ".join(candidates))

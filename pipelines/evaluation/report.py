@@ -110,6 +110,12 @@ def markdown_table(report: dict[str, Any]) -> str:
                    if background["mode"] == "prompt" else
                    f"Background: no prompt; where the best name's probability is below {background['threshold']} "
                    "(the threshold protocol of many open-vocabulary papers)."), ""]
+    decision = report.get("config", {}).get("classfree_decision")
+    if "classfree" in results and decision:
+        lines += [("Class-free: a pixel is known where the explained centres' share beats each unexplained centre, "
+                   "then takes its best name (`--classfree-decision levels`)." if decision == "levels" else
+                   "Class-free: one argmax over the names and the unexplained centres (`--classfree-decision flat`; "
+                   "levels calls fewer pixels unknown)."), ""]
     lines += ["| method | " + " | ".join(h for _, h, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for m in methods:
         cells = [_cell(results[t][m], k) if m in results[t] else "-" for t, _, k in columns]

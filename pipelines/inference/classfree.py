@@ -14,18 +14,19 @@ import torch
 
 from formats.prototypes import upgrade
 from model.clip_teacher import Teacher, text_prototypes
-from model.inference import classfree_names, name_prototypes
+from model.inference import CLASSFREE_DECISIONS, classfree_names, name_prototypes
 from model.prototypes import explained_centres
 
 
 @dataclass(frozen=True)
 class ClassfreeHead:
-    params: dict[str, torch.Tensor]  # known, centres, explained: model.inference.HEADS["classfree"]
+    params: dict[str, torch.Tensor]  # known, centres, explained, decision: model.inference.HEADS["classfree"]
     names: list[str]  # the legend: known names, then unknown-i (and the vocabulary's name for it)
     candidates: list[list[str]]  # per unknown class, the vocabulary's best entries (empty without one)
 
 
-def classfree_head(teacher: Teacher, prototypes: dict, names: list[str], vocabulary: list[str] = ()) -> ClassfreeHead:
+def classfree_head(teacher: Teacher, prototypes: dict, names: list[str], vocabulary: list[str] = (),
+                  decision: str = "flat") -> ClassfreeHead:
     protos = upgrade(prototypes)
     known = text_prototypes(teacher, names)
     centres = protos["centres"].float()
@@ -35,4 +36,6 @@ def classfree_head(teacher: Teacher, prototypes: dict, names: list[str], vocabul
         best = name_prototypes(centres[~explained], text_prototypes(teacher, list(vocabulary)))
         candidates = [[vocabulary[i] for i in row] for row in best.tolist()]
     legend = classfree_names(names, [c[0] if c else "" for c in candidates])
-    return ClassfreeHead({"known": known, "centres": centres, "explained": explained}, legend, candidates)
+    params = {"known": known, "centres": centres, "explained": explained,
+              "decision": torch.tensor(CLASSFREE_DECISIONS.index(decision))}
+    return ClassfreeHead(params, legend, candidates)

@@ -68,6 +68,20 @@ def test_language_and_classfree_labels_pick_the_nearest_prototype():
     assert name_prototypes(targets.unknown, vocabulary, top=2).tolist() == [[1, 2]]
 
 
+def test_classfree_levels_call_a_pixel_known_where_the_explained_share_wins():
+    # two centres, e0 explained and e1 not, three names the centres do not touch (e2, e3, -e3)
+    targets = SemanticTargets(torch.tensor([[0.0, 0, 0, 1], [0, 0, 1, 0], [0, 0, 0, -1]]),
+                              torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0]]), torch.tensor([True, False]))
+    # a pixel 0.02 nearer e0 than e1 in cosine: the explained share is sigmoid(0.02 / 0.03) = 0.66, the
+    # unexplained centre 0.34; its best name (e2, cosine 0.01) holds 0.41 of the names, 0.27 in all
+    near_known = F.normalize(torch.tensor([0.7 + 0.01, 0.7 - 0.01, 0.01, 0.0]), dim=0)
+    near_unknown = F.normalize(torch.tensor([0.6, 0.8, 0.01, 0.0]), dim=0)
+    clip = torch.stack([near_known, near_unknown], 1).reshape(1, 4, 1, 2)
+    out = ModelOutput(embeddings=clip, clip=clip)
+    assert classfree_labels(out, targets, (1, 2), "levels").tolist() == [[[1, 3]]]
+    assert classfree_labels(out, targets, (1, 2), "flat").tolist() == [[[3, 3]]]  # 0.27 < 0.34: unknown
+
+
 def test_fit_clusters_recovers_planted_centres_and_labels_pixels():
     g = torch.Generator().manual_seed(0)
     directions = torch.eye(6)[:3]

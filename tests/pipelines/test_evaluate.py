@@ -145,6 +145,15 @@ def test_markdown_table_in_percent_with_gaps_and_the_random_teacher_warning():
     assert "### unsupervised" not in per_class
 
 
+def test_the_report_says_how_the_class_free_head_decided():
+    report = {"checkpoint": "m.pt", "dataset": "voc20", "split": "val", "num_images": 2,
+              "teacher": {"model": "tiny-rn", "random_init": False},
+              "tasks": {"classfree": {"student": {"miou": 0.5, "pixel_acc": 0.5, "seen_pixels_unknown": 0.1}}}}
+    assert "Class-free" not in markdown_table(report)  # a report from before the setting: nothing claimed
+    for decision, words in (("levels", "decision levels"), ("flat", "decision flat")):
+        assert words in markdown_table({**report, "config": {"classfree_decision": decision}})
+
+
 def test_a_panels_title_carries_the_images_miou_and_an_unmatched_cluster_is_wrong():
     mask = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
     assert image_miou(mask.clip(0, 1), mask, 3) == pytest.approx(1.0)  # class 2 in neither: not averaged

@@ -111,6 +111,15 @@ def test_classfree_labels_reach_the_unknown_prototypes(checkpoint, images, tmp_p
     assert main(["--checkpoint", checkpoint, "--images", str(images), "--output", str(tmp_path)]) == 2  # no mode
     assert main(["--checkpoint", checkpoint, "--images", str(images), "--output", str(tmp_path),
                  "--vocabulary", "sky,cat"]) == 2  # a vocabulary names class-free output only
+    assert main(["--checkpoint", checkpoint, "--images", str(images), "--output", str(tmp_path), "--classfree",
+                 "--classfree-decision", "argmax"]) == 2
+    levels = tmp_path / "levels"
+    run(SegmentConfig(checkpoint=checkpoint, images=str(images), output=str(levels), classfree=True,
+                      classfree_decision="levels"), LocalMapper(ModelSpec(checkpoint)))
+    # the default flat argmax splits the known mass among the names: never more pixels known than level by
+    # level (the names' scores only rise, the centres' stay), and here fewer (the setting reaches the head)
+    level_labels = np.asarray(Image.open(levels / "000000_labels.png"))
+    assert (labels < 2).sum() < (level_labels < 2).sum()
 
 
 def test_a_vocabulary_names_the_unknown_classes_and_test_names_decide_what_is_known(checkpoint):
