@@ -9,6 +9,7 @@ not need; a warning from any of them still shows.
 from __future__ import annotations
 
 import logging
+import os
 
 LEVELS = ("debug", "info", "warning", "error")
 # the project's loggers: its packages, and the jobs' own (named after the job when run as a file)
@@ -18,6 +19,9 @@ OURS = ("common", "model", "formats", "pipelines", "trainer", "demo", "bench",
 RAY_NOTICES = ("Token authentication is enabled", "Started a local Ray instance", "Connecting to existing Ray",
                "Progress bars disabled", "Starting execution of Dataset", "Execution plan of Dataset",
                "execution finished in", "Registered dataset logger", "Connected to Ray cluster")
+
+# worker lines (forwarded to the driver) that say nothing to a user of a local run: drop_ray_worker_noise
+RAY_WORKER_NOISE = "Failed to query Ray Train Controller actor state"
 
 _level = logging.INFO
 
@@ -55,3 +59,22 @@ def quiet_ray() -> None:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, _NoRayNotices) for f in handler.filters):
                 handler.addFilter(_NoRayNotices())
+
+
+def drop_ray_worker_noise() -> None:
+    """Call before anything imports ray (Ray reads the setting then), in the entry files that train.
+
+    Ray Train's placement-group cleaner asks the state API, which the dashboard serves and a local run
+    does not start, whether the training controller lives, and warns every second that it cannot (200
+    lines in the quick run's training); a local Ray ends with its driver, placement groups and all, so
+    there is nothing for it to clean. Ray's log deduplication (on by default) skips the worker lines its
+    RAY_DEDUP_LOGS_SKIP_REGEX matches; a value of the user's own is kept."""
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_WORKER_NOISE)
+
+
+def ray_train_level() -> str:
+    """Ray Train's own log level (ray.train.LoggingConfig): its lines (worker group started, each
+    checkpoint reported by each worker) as other libraries' at the job's level, warnings and up; all of
+    them at debug."""
+    return "DEBUG" if _level <= logging.DEBUG else "WARNING"
+

@@ -28,6 +28,10 @@ from pathlib import Path
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import logs  # before anything imports ray: it reads its log settings then
+
+logs.drop_ray_worker_noise()
+
 from common.config import ConfigError, build_config, job_config, parse_config
 from common.storage import filesystem, join, read_json, write_json_atomic
 from demo import synth

@@ -48,6 +48,12 @@ def test_main_run_goes_from_nothing_to_a_report_and_a_rerun_redoes_nothing(tmp_p
     assert (run / "loss_curve.png").stat().st_size > 1000
     assert any(p.name.startswith("unsupervised_") for p in (run / "eval" / "panels").iterdir())
     assert "report:" in first.stdout
+    # what a person reads: each step's line once (Ray Train's print patch had doubled them), none of Ray
+    # Train's per-checkpoint lines, nor its placement-group cleaner's warning every second
+    output = first.stdout + first.stderr
+    steps = [line for line in output.splitlines() if " img/s data-wait " in line]
+    assert steps and len(steps) == len(set(steps)), steps
+    assert "Checkpoint successfully created" not in output and "Failed to query Ray Train" not in output
     assert json.loads((run / "shards" / "manifest.json").read_text())["num_samples"] == 256
 
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

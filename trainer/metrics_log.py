@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+
+# a logger, not print: Ray Train patches a worker's print to log it and, where stdout is wrapped, to print
+# it as well (every line twice)
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -29,9 +34,8 @@ class MetricsLog:
             self.tensorboard.add_scalar(name, value, step)
         eta = (time.time() - self.started) / max(step, 1) * (self.total_steps - step)
         terms = " ".join(f"{k.removeprefix('loss/')}={v:.3f}" for k, v in metrics.items() if k.startswith("loss/"))
-        print(f"step {step}/{self.total_steps} {terms} lr={metrics['lr']:.4f} "
-              f"{metrics['images_per_s']:.1f} img/s data-wait {100 * metrics['data_wait_fraction']:.0f}% "
-              f"eta {eta / 60:.1f} min", flush=True)
+        log.info("step %d/%d %s lr=%.4f %.1f img/s data-wait %.0f%% eta %.1f min", step, self.total_steps, terms,
+                 metrics["lr"], metrics["images_per_s"], 100 * metrics["data_wait_fraction"], eta / 60)
 
     def close(self) -> None:
         if self.enabled:

@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING
 if not __package__:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import logs  # before anything imports ray: it reads its log settings then
+
+logs.drop_ray_worker_noise()
+
 if TYPE_CHECKING:
     import ray.train
 
@@ -101,7 +105,8 @@ def run(cfg: TrainConfig) -> ray.train.Result:
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=path, storage_filesystem=filesystem_,
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_kept),
+            logging_config=ray.train.LoggingConfig(log_level=logs.ray_train_level())),
     )
     try:
         return trainer.fit()
