@@ -20,8 +20,9 @@ RAY_NOTICES = ("Token authentication is enabled", "Started a local Ray instance"
                "Progress bars disabled", "Starting execution of Dataset", "Execution plan of Dataset",
                "execution finished in", "Registered dataset logger", "Connected to Ray cluster")
 
-# worker lines (forwarded to the driver) that say nothing to a user of a local run: drop_ray_worker_noise
-RAY_WORKER_NOISE = "Failed to query Ray Train Controller actor state"
+# worker lines (forwarded to the driver) that say nothing to a user of a local run, as one regular
+# expression: drop_ray_worker_noise
+RAY_WORKER_NOISE = "Failed to query Ray Train Controller actor state|Reporting training result"
 
 _level = logging.INFO
 
@@ -67,8 +68,10 @@ def drop_ray_worker_noise() -> None:
     Ray Train's placement-group cleaner asks the state API, which the dashboard serves and a local run
     does not start, whether the training controller lives, and warns every second that it cannot (200
     lines in the quick run's training); a local Ray ends with its driver, placement groups and all, so
-    there is nothing for it to clean. Ray's log deduplication (on by default) skips the worker lines its
-    RAY_DEDUP_LOGS_SKIP_REGEX matches; a value of the user's own is kept."""
+    there is nothing for it to clean. And each worker's "Reporting training result" at every checkpoint
+    comes from a logger Ray Train names by file path, outside its own log level (ray.train.LoggingConfig).
+    Ray's log deduplication (on by default) skips the worker lines its RAY_DEDUP_LOGS_SKIP_REGEX matches;
+    a value of the user's own is kept."""
     os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_WORKER_NOISE)
 
 
