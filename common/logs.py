@@ -80,4 +80,3 @@ def ray_train_level() -> str:
     checkpoint reported by each worker) as other libraries' at the job's level, warnings and up; all of
     them at debug."""
     return "DEBUG" if _level <= logging.DEBUG else "WARNING"
-
