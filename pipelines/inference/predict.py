@@ -128,7 +128,7 @@ class UnreadableImage(Exception):
 class SampleWork:
     """Per row {"part", "index"}: random grid cells of each network on image `index` of `sources[part]`.
 
-    Returns {"part", "emb/METHOD": [n, E], "lab/METHOD": [n]}: clustering and probe training data.
+    Returns {"part", "index", "emb/METHOD": [n, E], "lab/METHOD": [n]}: clustering and probe training data.
     """
 
     sources: dict[str, Any]  # part -> indexable of Sample (an EvalDataset, a FileSource)
@@ -147,7 +147,7 @@ class SampleWork:
         except UnreadableImage:  # rows keep one schema: a blank image's cells, dropped by gather_samples
             image, mask, readable = np.zeros((64, 64, 3), np.uint8), np.full((64, 64), IGNORE_INDEX, np.uint8), False
         x = image_tensor(image, default_device())
-        result: dict[str, Any] = {"part": part, "readable": readable}
+        result: dict[str, Any] = {"part": part, "index": index, "readable": readable}
         for m in self.methods:
             # the same cells for every network of equal stride, whichever actor draws them
             rng = np.random.default_rng([self.seed, index, sorted(self.sources).index(part)])
@@ -167,6 +167,9 @@ def gather_samples(results: Iterable[dict[str, Any]], max_per_part: int, seed: i
             rows.setdefault(str(r["part"]), []).append(r)
     out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for part, items in rows.items():
+        # rows come back in the order the actors finish them: in image order, the same pixels are drawn
+        # (and the probe and k-means see them in the same order) however the work was spread
+        items.sort(key=lambda r: int(r["index"]))
         methods = [k[4:] for k in items[0] if k.startswith("emb/")]
         out[part] = {}
         for m in methods:

@@ -21,7 +21,7 @@ from model.inference import Head, InferenceOptions, grid_samples, multiscale_out
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import colorize, overlay_image, palette
-from pipelines.inference.predict import LocalMapper, ModelSpec
+from pipelines.inference.predict import LocalMapper, ModelSpec, gather_samples
 from pipelines.segment import SegmentConfig, list_images, main, run
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
@@ -84,6 +84,15 @@ def test_multiscale_outputs_average_on_the_scale_one_grid_and_predict_crops_the_
     head = Head("net", "clusters", {"centres": torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])})
     labels = predict({"net": Constant()}, {"k": head}, np.zeros((30, 37, 3), np.uint8), InferenceOptions())
     assert labels["k"].shape == (30, 37) and (labels["k"] == 0).all()  # (1, 2, 3) is nearer e2 than e0
+
+
+def test_gathered_samples_do_not_depend_on_the_order_the_actors_finish_in():
+    rng = np.random.default_rng(0)
+    rows = [{"part": "train", "index": i, "readable": True, "emb/student": rng.normal(size=(5, 3)).astype(np.float32),
+             "lab/student": rng.integers(0, 4, 5)} for i in range(6)]
+    in_order = gather_samples(rows, 12, seed=0)["train"]["student"]
+    shuffled = gather_samples([rows[i] for i in (3, 0, 5, 1, 4, 2)], 12, seed=0)["train"]["student"]
+    assert all(torch.equal(a, b) for a, b in zip(in_order, shuffled))
 
 
 def test_grid_samples_take_the_label_at_each_cell_centre():
