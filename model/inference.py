@@ -220,7 +220,7 @@ HEADS: dict[str, Callable[[ModelOutput, dict[str, torch.Tensor], tuple[int, int]
         if "threshold" in p else language_labels(out, p["prototypes"], size)),
     "classfree": lambda out, p, size: classfree_labels(
         out, SemanticTargets(p["known"], p["centres"], p["explained"].bool()), size,
-        CLASSFREE_DECISIONS[int(p.get("decision", 0))]),
+        CLASSFREE_DECISIONS[int(p["decision"])]),
     "clusters": lambda out, p, size: cluster_labels(out, p["centres"], size),
     "probe": _probe_labels,
     "knn": knn_labels,

@@ -404,7 +404,7 @@ def test_plan_only_writes_and_summarises_the_plan_and_fetches_nothing(corpus, tm
 def test_the_shard_job_never_imports_torch():
     # Every shard task's worker process imports what the driver does; torch (through webdataset's package,
     # which only reading needs) made each one 1-2 s late to its first image and needs to be on no data node.
-    code = "import sys, pipelines.shard, pipelines.sharding.worker; print(sorted(m for m in sys.modules if m == 'torch'))"
+    code = "import sys, pipelines.shard, pipelines.sharding.worker; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.strip() == "False"
