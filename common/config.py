@@ -214,6 +214,12 @@ def _sections_epilog(cls: type) -> str | None:
     return "\n".join(lines)
 
 
+def _own_fields_first(cls: type) -> list[dataclasses.Field]:
+    """A job's own settings lead its --help; those it shares with other jobs (a base class) follow."""
+    own = inspect.get_annotations(cls)
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str = "",
                  profiles: dict[str, str] | None = None) -> T:
     """Parse `--config FILE.yaml`, `--flag value` for top-level fields and `key.sub=value` overrides.
@@ -232,7 +238,7 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str =
                             help=f"the {name} profile ({path}); values you give win over it")
     if profiles:
         parser.add_argument("--profile", choices=sorted(profiles), help="a profile by name")
-    for f in dataclasses.fields(cls):
+    for f in _own_fields_first(cls):
         kind = _field_types(cls)[f.name]
         if dataclasses.is_dataclass(kind):
             continue

@@ -41,7 +41,7 @@ from common.storage import filesystem, join, write_bytes_atomic, write_json_atom
 from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
 from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
-from model.inference import CLASSFREE_DECISIONS, Head, InferenceOptions, fit_clusters, predict
+from model.inference import Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX, confusion_matrix
 from pipelines.evaluation.report import json_safe, markdown_table, panel_indices, per_class_tables, write_panels
 from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
@@ -50,6 +50,7 @@ from pipelines.inference.pictures import encode_png
 from pipelines.inference.predict import (
     Loaded,
     Mapper,
+    ModelJobConfig,
     ModelSpec,
     RayMapper,
     SampleWork,
@@ -61,7 +62,7 @@ log = logging.getLogger("evaluate")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(ModelJobConfig):
     checkpoint: str = field(metadata={"help": "model file (local or URL), or 'teacher' with --clip-model"})
     dataset: str = field(metadata={"help": "/".join(DATASETS)})
     data_root: str = field(metadata={"help": "the dataset's folder or prefix (generic: the split's folder)"})
@@ -72,12 +73,8 @@ class EvalConfig:
         "help": "score only the images this file names, one id a line ({split} in the path: the split's own list); "
                 "cocostuff27 requires IIC's curated list"})
     max_images: int = field(default=0, metadata={"help": "first N images of each split; 0 = all"})
-    window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
-    scales: tuple[float, ...] = (1.0,)
     baselines: bool = True
     num_panels: int = 4
-    clip_model: str = field(default="", metadata={"help": "open_clip model with --checkpoint teacher"})
-    clip_pretrained: str = field(default="", metadata={"help": "its weights with --checkpoint teacher ('' = random)"})
     unseen: tuple[str, ...] = field(default=(), metadata={"help": "unseen class names; default: the MaskCLIP+ split"})
     probe_split: str = "train"
     probe_root: str = field(default="", metadata={"help": "data root of the probe's split; default --data-root"})
@@ -87,10 +84,6 @@ class EvalConfig:
                 "--background-threshold, as many open-vocabulary papers report VOC-21 and Context-60)"})
     background_threshold: float = field(default=0.5, metadata={
         "help": "with --background threshold: CLIP-scaled softmax probability; choose it on a dev split"})
-    classfree_decision: str = field(default="flat", metadata={
-        "help": "class-free head: flat (one argmax over the names and the unexplained centres) or levels (known "
-                "where the explained centres' share beats each unexplained centre, then the best name: fewer "
-                "pixels called unknown)"})
     knn_k: int = field(default=20, metadata={"help": "k-NN task: training segments that vote (HSG's 20)"})
     knn_segments: int = field(default=16, metadata={"help": "k-NN task: segments per image (k-means of its embeddings)"})
     probe_epochs: int = 10
@@ -98,26 +91,16 @@ class EvalConfig:
     probe_batch_size: int = 1024
     num_per_image: int = field(default=512, metadata={"help": "pixels drawn per image to fit clusters and probes"})
     max_fit_pixels: int = 200_000
-    seed: int = 0
-    num_workers: int = field(default=0, metadata={
-        "help": "model actors at most; 0 = as many as the cluster grows to (one per image at most)"})
-    gpus_per_actor: float = field(default=-1, metadata={
-        "help": "GPUs each model actor asks for, fractions allowed; 0 = CPU actors; -1 = auto: 1 on a cluster "
-                "(RAY_ADDRESS set) or when GPUs are up, else 0"})
-    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.task != "all" and not set(self.tasks) <= set(TASKS):
             raise ConfigError(f"task must be all or some of {', '.join(TASKS)}, comma-separated, got {self.task!r}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if not self.scales or min(self.scales) <= 0:
-            raise ConfigError(f"scales must be positive, got {self.scales}")
         for name in ("probe_epochs", "probe_batch_size", "num_per_image", "max_fit_pixels", "knn_k", "knn_segments"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.classfree_decision not in CLASSFREE_DECISIONS:
-            raise ConfigError(f"classfree_decision must be one of {', '.join(CLASSFREE_DECISIONS)}")
         if self.background not in ("prompt", "threshold") or not 0 < self.background_threshold < 1:
             raise ConfigError("background must be prompt or threshold, background_threshold in (0, 1)")
         if {"unseen", "classfree"} & set(self.tasks) and not self.unseen and self.dataset not in ZERO_SHOT_UNSEEN:

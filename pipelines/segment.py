@@ -38,13 +38,14 @@ from formats.datasets import Sample
 from formats.images import INPUT_EXTENSIONS
 from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
-from model.inference import CLASSFREE_DECISIONS, Head, InferenceOptions, fit_clusters, predict
+from model.inference import Head, InferenceOptions, fit_clusters, predict
 from model.metrics import IGNORE_INDEX
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import compose, encode_png, overlay_image
 from pipelines.inference.predict import (
     Loaded,
     Mapper,
+    ModelJobConfig,
     ModelSpec,
     RayMapper,
     SampleWork,
@@ -129,7 +130,7 @@ class SegmentWork:
 
 
 @dataclass(frozen=True)
-class SegmentConfig:
+class SegmentConfig(ModelJobConfig):
     checkpoint: str = field(metadata={"help": "model file (local or URL), or 'teacher' with --clip-model"})
     images: str = field(metadata={"help": "an image, a folder or prefix (s3://...), or a glob"})
     output: str = field(metadata={"help": "local folder or fsspec prefix for the PNGs"})
@@ -138,33 +139,17 @@ class SegmentConfig:
     classfree: bool = field(default=False, metadata={
         "help": "known classes by name (--prompts, default the training names), the rest by the model's unknown "
                 "prototypes"})
-    classfree_decision: str = field(default="flat", metadata={
-        "help": "class-free head: flat (one argmax over the names and the unexplained centres) or levels (known "
-                "where the explained centres' share beats each unexplained centre, then the best name: fewer "
-                "pixels called unknown)"})
     vocabulary: tuple[str, ...] = field(default=(), metadata={
         "help": "with --classfree: names, comma-separated, to name each unknown class by its nearest"})
-    window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
-    scales: tuple[float, ...] = (1.0,)
-    clip_model: str = field(default="", metadata={"help": "open_clip model with --checkpoint teacher"})
-    clip_pretrained: str = field(default="", metadata={"help": "its weights with --checkpoint teacher ('' = random)"})
     num_per_image: int = field(default=512, metadata={"help": "pixels drawn per image to fit the clusters"})
     max_fit_pixels: int = 100_000
-    seed: int = 0
-    num_workers: int = field(default=0, metadata={
-        "help": "model actors at most; 0 = as many as the cluster grows to (one per image at most)"})
-    gpus_per_actor: float = field(default=-1, metadata={
-        "help": "GPUs each model actor asks for, fractions allowed; 0 = CPU actors; -1 = auto: 1 on a cluster "
-                "(RAY_ADDRESS set) or when GPUs are up, else 0"})
-    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.unsupervised < 0 or (self.unsupervised and (self.prompts or self.classfree)):
             raise ConfigError("choose either --unsupervised K (K > 0) or --prompts/--classfree")
         if not (self.unsupervised or self.prompts or self.classfree):
             raise ConfigError("say what to segment: --prompts a,b,c, --classfree or --unsupervised K")
-        if self.classfree_decision not in CLASSFREE_DECISIONS:
-            raise ConfigError(f"classfree_decision must be one of {', '.join(CLASSFREE_DECISIONS)}")
         if self.vocabulary and not self.classfree:
             raise ConfigError("--vocabulary names the unknown classes of --classfree: add --classfree")
 

@@ -22,6 +22,7 @@ from formats.teacher_weights import check_teacher, load_teacher
 from model.baselines import RawPixels, TeacherNet
 from model.clip_teacher import Teacher, TeacherConfig
 from model.inference import (
+    CLASSFREE_DECISIONS,
     InferenceOptions,
     default_device,
     grid_samples,
@@ -35,6 +36,33 @@ from model.network import SegNet, build_network
 log = logging.getLogger(__name__)
 
 TEACHER_ONLY = "teacher"  # --checkpoint value: the CLIP teacher (MaskCLIP) is the model itself
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelJobConfig:
+    """The settings the evaluate and segment jobs share: how a model file runs over images and on what."""
+
+    window: int = field(default=0, metadata={"help": "sliding-window tile in pixels; 0 = whole image"})
+    scales: tuple[float, ...] = (1.0,)
+    clip_model: str = field(default="", metadata={"help": "open_clip model with --checkpoint teacher"})
+    clip_pretrained: str = field(default="", metadata={"help": "its weights with --checkpoint teacher ('' = random)"})
+    classfree_decision: str = field(default="flat", metadata={
+        "help": "class-free head: flat (one argmax over the names and the unexplained centres) or levels (known "
+                "where the explained centres' share beats each unexplained centre, then the best name: fewer "
+                "pixels called unknown)"})
+    seed: int = 0
+    num_workers: int = field(default=0, metadata={
+        "help": "model actors at most; 0 = as many as the cluster grows to (one per image at most)"})
+    gpus_per_actor: float = field(default=-1, metadata={
+        "help": "GPUs each model actor asks for, fractions allowed; 0 = CPU actors; -1 = auto: 1 on a cluster "
+                "(RAY_ADDRESS set) or when GPUs are up, else 0"})
+    num_cpus: int = field(default=0, metadata={"help": "CPUs for a local Ray; 0 = all (ignored when joining)"})
+
+    def __post_init__(self):
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"scales must be positive, got {self.scales}")
+        if self.classfree_decision not in CLASSFREE_DECISIONS:
+            raise ConfigError(f"classfree_decision must be one of {', '.join(CLASSFREE_DECISIONS)}")
 
 
 # ---------------------------------------------------------------- networks

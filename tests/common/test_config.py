@@ -152,3 +152,22 @@ def test_img2datasets_spellings_reach_the_same_fields_and_stay_out_of_help(capsy
         parse_config(ShardConfig, ["--help"])
     text = capsys.readouterr().out
     assert "--url-col" in text and "--url_col" not in text and "--output_folder" not in text
+
+
+def test_a_jobs_own_settings_lead_its_help_and_shared_ones_are_validated_once(capsys, monkeypatch):
+    from pipelines.evaluate import EvalConfig
+    from pipelines.segment import SegmentConfig
+
+    monkeypatch.setenv("COLUMNS", "10000")
+    with pytest.raises(SystemExit):
+        parse_config(SegmentConfig, ["--help"])
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    assert text.index("--checkpoint") < text.index("--window") < text.index("--num-cpus")
+    # the shared base's checks hold in both jobs
+    for argv in (["--dataset", "generic", "--data-root", "d", "--output", "o"], ["--images", "i", "--output", "o",
+                                                                                  "--unsupervised", "3"]):
+        cls = EvalConfig if "--dataset" in argv else SegmentConfig
+        for bad, message in (("--classfree-decision=up", "classfree_decision must be one of flat, levels"),
+                             ("--scales=0", "scales must be positive")):
+            with pytest.raises(ConfigError, match=message):
+                parse_config(cls, ["--checkpoint", "m.pt", *argv, bad])
