@@ -25,7 +25,9 @@ def panel_indices(num_images: int, num_panels: int) -> frozenset[int]:
 def write_panels(output: str, data: EvalDataset, labels: dict[int, dict[str, np.ndarray]],
                  methods: dict[str, list[str]], results: dict[str, dict[str, dict]]) -> None:
     """panels/TASK_NAME.png: image, ground truth and each method's prediction titled with its mIoU (%) on
-    this image, with a legend of the classes shown."""
+    this image, with a legend of the classes shown. No folder without a panel (--num-panels 0)."""
+    if not labels:
+        return
     fs, root = filesystem(join(output, "panels"))
     fs.makedirs(root, exist_ok=True)
     for index, by_head in sorted(labels.items()):

@@ -209,6 +209,7 @@ def test_every_task_end_to_end_on_ray_and_the_teacher_alone(ray_local, checkpoin
     assert set(alone["tasks"]["language"]) == {"teacher"} and alone["network"] is None
     assert alone["tasks"]["language"]["teacher"]["miou"] == pytest.approx(
         report["tasks"]["language"]["teacher"]["miou"], abs=0.02)
+    assert not (tmp_path / "teacher" / "panels").exists()  # --num-panels 0: no empty folder
 
 
 def test_class_free_scores_match_unknown_classes_to_unseen_ones_and_count_leftovers_as_errors():
