@@ -101,7 +101,9 @@ class DatasetSpec:
     classes_file: str = ""
     id_map_file: str = ""
     reduce_zero_label: bool = False
-    curated: str = ""  # the image list the protocol scores, and where it comes from; "" = every image
+    # the image list the protocol scores: a file under dataset_classes/ per split ({split}), shipped with its
+    # source named there; "" = every image. A split without a shipped list needs the user's --image-list.
+    curated: str = ""
 
 
 _VOC = ListLayout("ImageSets/Segmentation", "JPEGImages", "SegmentationClass")
@@ -119,9 +121,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "context59": DatasetSpec(_CONTEXT, "context60.txt", reduce_zero_label=True),
     "cocostuff171": DatasetSpec(_COCO, "cocostuff171.txt", "cocostuff171.json"),
     # PiCIE and STEGO score IIC's curated subset (2,175 val images), not all of val2017
-    "cocostuff27": DatasetSpec(_COCO, "cocostuff27.txt", "cocostuff27.json", curated=(
-        "IIC's curated lists, {split}2017/Coco164kFull_Stuff_Coarse_7.txt of COCOStuff164kCurated.tar.gz "
-        "(https://www.robots.ox.ac.uk/~xuji/datasets/), as PiCIE and STEGO score")),
+    "cocostuff27": DatasetSpec(_COCO, "cocostuff27.txt", "cocostuff27.json", curated="cocostuff27_{split}2017.txt"),
     "cityscapes19": DatasetSpec(_CITYSCAPES, "cityscapes19.txt", "cityscapes19.json"),
     "cityscapes27": DatasetSpec(_CITYSCAPES, "cityscapes27.txt", "cityscapes27.json"),
     "generic": DatasetSpec(_GENERIC),
@@ -190,11 +190,9 @@ class EvalDataset:
             self._entries = spec.layout.entries(self.fs, self.root, split)
         except FileNotFoundError as e:
             raise ConfigError(f"{root} is not in the layout of this dataset: {e.filename or e} not found") from None
-        if image_list:
-            self._entries = _listed(self._entries, image_list.format(split=split), root)
-        elif spec.curated:
-            raise ConfigError(f"this protocol scores a curated image list, {spec.curated.format(split=split)}: "
-                              "give its path as --image-list (a {split} in it stands for the split)")
+        self.image_list = scored_list(spec, split, image_list)
+        if self.image_list:
+            self._entries = _listed(self._entries, self.image_list, root)
         self.class_names: list[str] = _class_names(spec, raw_names)
         self._lut = label_lut(spec, len(raw_names))
         self.names: list[str] = [e.name for e in self._entries]
@@ -212,6 +210,20 @@ class EvalDataset:
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))
+
+
+def scored_list(spec: DatasetSpec, split: str, image_list: str = "") -> str:
+    """The image list `split` is read through: the user's (a {split} in it stands for the split), else the
+    list the protocol ships for it, else "" (every image)."""
+    if image_list:
+        return image_list.format(split=split)
+    if not spec.curated:
+        return ""
+    shipped = CLASSES_DIR / spec.curated.format(split=split)
+    if not shipped.is_file():
+        raise ConfigError(f"this protocol scores a curated image list and none ships for split {split!r} "
+                          f"(dataset_classes/README.md): give one as --image-list")
+    return str(shipped)
 
 
 def _listed(entries: list[_Entry], image_list: str, root: str) -> list[_Entry]:

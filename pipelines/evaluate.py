@@ -38,7 +38,7 @@ from tqdm import tqdm
 from common.config import ConfigError, job_config
 from common.ray_utils import init_ray
 from common.storage import filesystem, join, write_bytes_atomic, write_json_atomic
-from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset
+from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, EvalDataset, open_dataset, scored_list
 from formats.prototypes import upgrade
 from model.clip_teacher import text_prototypes
 from model.inference import Head, InferenceOptions, fit_clusters, predict
@@ -71,7 +71,7 @@ class EvalConfig(ModelJobConfig):
     split: str = "val"
     image_list: str = field(default="", metadata={
         "help": "score only the images this file names, one id a line ({split} in the path: the split's own list); "
-                "cocostuff27 requires IIC's curated list"})
+                "cocostuff27 reads IIC's curated lists, shipped, unless you give one"})
     max_images: int = field(default=0, metadata={"help": "first N images of each split; 0 = all"})
     baselines: bool = True
     num_panels: int = 4
@@ -309,7 +309,9 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
                     "matched_factor": factor},
         "network": dataclasses.asdict(loaded.student.cfg) if loaded.student is not None else None,
         "methods": {m: METHOD_TITLES[m] for m in all_methods}, "tasks": results,
-        "probe": {"root": probe_root, "split": "the folder" if cfg.dataset == "generic" else cfg.probe_split}
+        "image_list": data.image_list or None,
+        "probe": {"root": probe_root, "split": "the folder" if cfg.dataset == "generic" else cfg.probe_split,
+                  "image_list": scored_list(DATASETS[cfg.dataset], cfg.probe_split, cfg.image_list) or None}
         if {"probe", "knn"} & set(methods) else None,
         "seconds": time.time() - started,
     })

@@ -106,6 +106,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     if report["teacher"]["random_init"]:
         lines += [f"**WARNING: the CLIP teacher ({report['teacher']['model']}) has RANDOM weights "
                   "(pretrained=''): text-driven scores mean nothing.**", ""]
+    if report.get("image_list"):
+        lines += [f"Images: those named by {report['image_list']}.", ""]
+    probe = report.get("probe")
+    if probe:  # a probe scored on the images it learnt from would be no transfer score
+        listed = f", the images named by {probe['image_list']}" if probe.get("image_list") else ""
+        lines += [f"Linear probe and k-NN: fitted on {probe['root']} ({probe['split']}{listed}).", ""]
     background = report.get("background")
     if background:  # which published numbers the language columns compare with
         lines += [("Background: found by its name, prompted as any class (MaskCLIP's protocol)."

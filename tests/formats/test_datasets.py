@@ -12,7 +12,7 @@ from PIL import Image
 
 from common.config import ConfigError
 from demo import synth
-from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, class_names, open_dataset, seen_mask
+from formats.datasets import DATASETS, ZERO_SHOT_UNSEEN, class_names, open_dataset, scored_list, seen_mask
 
 IGNORE = 255
 
@@ -153,9 +153,23 @@ def test_cocostuff27_uses_the_stego_coarse_classes(coco_root):
     assert coarse.class_names[:3] == ["electronic", "appliance", "food"] and coarse.class_names[-1] == "water"
 
 
+def test_cocostuff27_ships_iics_curated_lists():
+    # IIC's Coco164kFull_Stuff_Coarse_7.txt lists, as PiCIE and STEGO score: 2,175 val and 49,629 train images
+    spec = DATASETS["cocostuff27"]
+    lists = {split: Path(scored_list(spec, split)).read_text().split() for split in ("val", "train")}
+    assert {split: len(ids) for split, ids in lists.items()} == {"val": 2175, "train": 49629}
+    assert all(len(set(ids)) == len(ids) and all(len(i) == 12 and i.isdigit() for i in ids) for ids in lists.values())
+    assert not set(lists["val"]) & set(lists["train"])
+    assert lists["val"][:3] == ["000000000139", "000000000724", "000000000785"]
+    with pytest.raises(ConfigError, match="none ships for split 'test'"):
+        scored_list(spec, "test")
+    assert scored_list(spec, "test", "my/{split}.txt") == "my/test.txt" and scored_list(DATASETS["voc21"], "val") == ""
+
+
 def test_cocostuff27_scores_the_curated_list_and_only_it(coco_root):
-    with pytest.raises(ConfigError, match="Coco164kFull_Stuff_Coarse_7.txt"):
-        open_dataset("cocostuff27", str(coco_root))  # every val image is not the protocol
+    # the shipped list by default: this root holds 2 of its 2,175 images, so it is refused, not scored as a subset
+    with pytest.raises(ConfigError, match="2174 of the 2175 images .*cocostuff27_val2017.txt.* are not under"):
+        open_dataset("cocostuff27", str(coco_root))
     listed = coco_root / "val2017.txt"
     _put(listed, b"000000000285\n")
     ds = open_dataset("cocostuff27", str(coco_root), image_list=str(listed))

@@ -96,7 +96,8 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path, capsys
     assert "fit: 100%" in bars and f"{2 * num_images}/{2 * num_images}" in bars
     assert "score: 100%" in bars and f"{num_images}/{num_images}" in bars
     assert set(tasks) == {"language", "unsupervised", "unseen", "probe", "knn"}
-    assert report["probe"] == {"root": str(probe), "split": "the folder"}
+    assert report["probe"] == {"root": str(probe), "split": "the folder", "image_list": None}
+    assert f"Linear probe and k-NN: fitted on {probe} (the folder)." in (tmp_path / "out" / "report.md").read_text()
     # without a probe folder of its own, "all" leaves the probe out and "probe" is refused
     same = run(dataclasses.replace(cfg, probe_root="", output=str(tmp_path / "same")), LocalMapper(spec, {}))
     assert not {"probe", "knn"} & set(same["tasks"]) and same["probe"] is None
