@@ -28,7 +28,7 @@ from model.clip_teacher import TeacherConfig, dense_features
 from model.prototypes import SemanticTargets, explained_centres, semantic_log_probs
 
 TEMPERATURE = 0.03  # the default teacher temperature (model.objective.LossConfig)
-EXPLAIN = (("cosine", 0.8), ("margin", 0.3), ("margin", 0.5), ("margin", 0.7))
+EXPLAIN = (("cosine", 0.8), ("margin", 0.3), ("margin", 0.4), ("margin", 0.5), ("margin", 0.7))
 
 
 def teacher_outputs(run: str, split: str) -> tuple[torch.Tensor, np.ndarray, list[str], dict]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from common.storage import join
+from demo import synth
 from formats.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class TeacherRecipe:
 
     @property
     def key(self) -> str:
-        return hashlib.sha1(json.dumps({**dataclasses.asdict(self), "trainer": TRAINER_VERSION},
+        return hashlib.sha1(json.dumps({**dataclasses.asdict(self), "trainer": TRAINER_VERSION,
+                                        "corpus": synth.CORPUS_VERSION},
                                        sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,6 +1,7 @@
 import numpy as np
+from PIL import Image
 
-from demo.synth import CLASSES, SHAPES, render_scene, write_corpus
+from demo.synth import CLASSES, EMPTY_EVERY, SHAPES, render_scene, write_corpus
 
 
 def test_scenes_are_deterministic_and_captioned():
@@ -49,3 +50,15 @@ def test_with_any_shape_an_outline_tells_nothing_of_the_class(tmp_path):
     assert all(len(shapes) >= 4 for shapes in outlines.values()), outlines
     write_corpus(str(tmp_path), num_train=0, num_val=1, size=64, num_test=2)
     assert len(list((tmp_path / "test_anyshape" / "masks").iterdir())) == 2
+
+
+def test_captions_name_the_background_and_some_training_scenes_are_background_alone(tmp_path):
+    scene, empty = render_scene(5, 64), render_scene(5, 64, empty=True)
+    assert scene.caption.endswith(" on a mottled background.") and (scene.mask > 0).any()
+    assert empty.caption == "a photo of a mottled background." and not empty.mask.any()
+    write_corpus(str(tmp_path), num_train=2 * EMPTY_EVERY, num_val=2, size=64)
+    captions = [p.read_text() for p in sorted((tmp_path / "train").glob("*.txt"))]
+    assert [i for i, c in enumerate(captions) if " at the " not in c] == [EMPTY_EVERY - 1, 2 * EMPTY_EVERY - 1]
+    # the labelled scenes keep their objects: the evaluation splits are not thinned
+    val = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "val" / "masks").iterdir())]
+    assert all(m.any() for m in val)

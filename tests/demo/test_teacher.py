@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from demo import synth
 from demo.synth import write_corpus
 from demo.teacher import TeacherRecipe, ensure_teacher
 from model.clip_teacher import open_clip
@@ -78,3 +79,10 @@ def test_a_killed_teacher_training_resumes_from_its_last_epoch(shards, tmp_path)
     open_clip().create_model(RECIPE.model).load_state_dict(saved["state_dict"])  # every weight, none extra
     assert not (logs / "checkpoints").exists()  # the optimizer's checkpoints are dropped once the teacher is out
     assert ensure_teacher(RECIPE, shards, str(root)) == (teacher, note)  # a finished teacher is reused
+
+
+def test_a_teacher_is_cached_for_one_corpus(monkeypatch):
+    # captions that changed (the background named, empty scenes) must not reuse a teacher trained on the old ones
+    before = RECIPE.key
+    monkeypatch.setattr(synth, "CORPUS_VERSION", synth.CORPUS_VERSION + 1)
+    assert RECIPE.key != before
