@@ -1,8 +1,8 @@
 """What the semantic term's targets say on a labelled split: the teacher's own per-pixel distribution
 under each target rule and each rule for which centres a name explains, before any student.
 
-    python -m bench.bench_semantic_targets --run runs/demo --split probe     # choose here (dev)
-    python -m bench.bench_semantic_targets --run runs/demo --split val       # report here (test)
+    python -m bench.bench_semantic_targets --run runs/demo --split val       # choose here (dev; or probe)
+    python -m bench.bench_semantic_targets --run runs/demo --split test      # report here (test)
 
 `--run` is a main-job run folder (its embed output holds the prototypes and names the teacher). For
 seen-class pixels: how many the names alone classify right (the teacher's zero-shot accuracy), and
