@@ -145,7 +145,7 @@ def write_labelled(output: str, split: str, count: int, first_seed: int, size: i
 # Every tenth training scene is background alone. Web captions name backgrounds ("... on a white
 # background") and the web holds pictures of nothing but a texture; a corpus without either gave its
 # teacher no word for most of a scene's pixels, so no name explained the background's centre
-# (BENCHMARKS.md, "The class-free head"). The labelled splits are unchanged.
+# (BENCHMARKS.md, "The corpus names its background"). The labelled splits are unchanged.
 EMPTY_EVERY = 10
 # Part of a teacher's cache key (demo/teacher.py): 2 = captions name the background, empty scenes
 CORPUS_VERSION = 2
