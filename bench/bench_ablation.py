@@ -25,6 +25,8 @@ from pathlib import Path
 
 from bench.bench_teacher_modes import REPO, cell, seeded_runs
 from common.config import parse_config
+from formats.prototypes import has_prototypes
+from formats.sidecar import read_embed_manifest
 from pipelines.main import PROFILES, MainConfig
 
 ROWS = {
@@ -51,8 +53,8 @@ def base_config(run: Path) -> MainConfig:
 
 def names_only_clip(run: Path, root: Path) -> str:
     clip = root / "clip-names"
-    if not (clip / "prototypes.pt").exists():
-        manifest = json.loads((run / "clip" / "embed_manifest.json").read_text())
+    if not has_prototypes(str(clip)):
+        manifest = read_embed_manifest(str(run / "clip"))
         _run(["pipelines/embed.py", "--input", str(run / "shards"), "--output", str(clip), "--clip-model",
               manifest["clip_model"], "--clip-pretrained", manifest["pretrained"], "--classes",
               str(run / "seen_classes.txt"), "--num-unknown", "0"], root / "clip-names.log")

@@ -80,7 +80,7 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
     assert 0 < len(protos["centres"]) <= 4 and protos["centres"].shape[1] == 64
     assert protos["explained"].dtype == torch.bool and len(protos["explained"]) == len(protos["centres"])
     assert torch.equal(protos["unknown"], protos["centres"][~protos["explained"]])
-    assert protos["explain"] == {"rule": "margin", "threshold": 0.5}
+    assert protos["explain"] == {"rule": "margin", "threshold": 0.4}
     manifest = json.loads((root / "clip" / "embed_manifest.json").read_text())
     assert manifest["grid"] == 4 and manifest["random_init"] and manifest["pretrained"] == ""
 
