@@ -138,8 +138,8 @@ class MainConfig:
 
     @property
     def held_out(self) -> tuple[str, ...]:
-        """The unseen classes: the user's, else on the generated corpus dotted (the tiny teacher cannot tell
-        zigzag at all, 0.7 IoU alone, so a class it half knows is held back)."""
+        """The unseen classes: the user's, else on the generated corpus dotted: a class the tiny teacher knows by
+        its name (40.9 IoU on the test split, zigzag 5.4), so that finding it unseen is a fair test."""
         return self.unseen or (() if self.train_images else ("dotted",))
 
     def class_names(self) -> list[str]:
