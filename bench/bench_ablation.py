@@ -27,7 +27,7 @@ from bench.bench_teacher_modes import REPO, cell, seeded_runs
 from common.config import parse_config
 from formats.prototypes import has_prototypes
 from formats.sidecar import read_embed_manifest
-from pipelines.main import PROFILES, MainConfig
+from pipelines.main import PROFILES, MainConfig, stage_train
 
 ROWS = {
     "contrastive": ("contrastive only", ["loss.embedding_weight=0", "loss.semantic_weight=0"]),
@@ -51,39 +51,36 @@ def base_config(run: Path) -> MainConfig:
     return parse_config(MainConfig, ["--quick", "--name", run.name, "--runs-root", str(run.parent)], profiles=PROFILES)
 
 
-def names_only_clip(run: Path, root: Path) -> str:
+def names_only_clip(cfg: MainConfig, root: Path) -> str:
     clip = root / "clip-names"
     if not has_prototypes(str(clip)):
-        manifest = read_embed_manifest(str(run / "clip"))
-        _run(["pipelines/embed.py", "--input", str(run / "shards"), "--output", str(clip), "--clip-model",
+        manifest = read_embed_manifest(cfg.path("clip"))
+        _run(["pipelines/embed.py", "--input", cfg.path("shards"), "--output", str(clip), "--clip-model",
               manifest["clip_model"], "--clip-pretrained", manifest["pretrained"], "--classes",
-              str(run / "seen_classes.txt"), "--num-unknown", "0"], root / "clip-names.log")
+              cfg.path("seen_classes.txt"), "--num-unknown", "0"], root / "clip-names.log")
     return str(clip)
 
 
-def student(cfg: MainConfig, run: Path, root: Path, row: str, seed: int) -> str:
-    """The row's model file for `seed`, trained unless it is there."""
+def student(cfg: MainConfig, root: Path, row: str, seed: int) -> str:
+    """The row's model file for `seed`, trained unless it is there: the full row is the base run's own."""
     if row == "full":
-        name, storage, logs, clip = cfg.run_name(seed), run / "train", run / "logs", str(run / "clip")
-    else:
-        name, storage, logs = f"{row}-s{seed}", root / "train", root / "logs"
-        clip = names_only_clip(run, root) if row == "names" else str(run / "clip")
-    model = storage / name / "model.pt"
+        return stage_train(cfg, seed)
+    name = f"{row}-s{seed}"
+    model = root / "train" / name / "model.pt"
     if not model.exists():
+        clip = names_only_clip(cfg, root) if row == "names" else cfg.path("clip")
         # the base run's trainer command line, then this row's: a later key=value wins
-        args = [a for a in cfg.train_args(seed) if not a.startswith(("run.name=", "run.storage_path=", "run.log_dir=",
-                                                                        "data.clip="))]
-        _run(["trainer/train.py", *args, f"run.name={name}", f"run.storage_path={storage}", f"run.log_dir={logs}",
-              f"data.clip={clip}", *ROWS[row][1]], root / f"{name}.train.log")
+        _run(["trainer/train.py", *cfg.train_args(seed), f"run.name={name}", f"run.storage_path={root / 'train'}",
+              f"run.log_dir={root / 'logs'}", f"data.clip={clip}", *ROWS[row][1]], root / f"{name}.train.log")
     return str(model)
 
 
-def evaluate(cfg: MainConfig, run: Path, root: Path, row: str, seed: int, model: str) -> dict:
+def evaluate(cfg: MainConfig, root: Path, row: str, seed: int, model: str) -> dict:
     out = root / f"{row}-s{seed}"
     if not (out / "report.json").exists():
         tasks = "language,unseen,unsupervised,probe" + ("" if row == "names" else ",classfree")
         _run(["pipelines/evaluate.py", "--checkpoint", model, "--dataset", "generic", "--data-root",
-              str(run / "corpus" / "test"), "--probe-root", str(run / "corpus" / "probe"), "--unseen",
+              cfg.path("corpus", "test"), "--probe-root", cfg.path("corpus", "probe"), "--unseen",
               ",".join(cfg.held_out), "--task", tasks, "--baselines", "false", "--num-panels", "0", "--output",
               str(out)], root / f"{row}-s{seed}.eval.log")
     return json.loads((out / "report.json").read_text())["tasks"]
@@ -98,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[str, list[dict]] = {row: [] for row in ROWS}
     for seed in args.seeds:
         for row in ROWS:
-            model = None if args.tabulate_only else student(cfg, run, root, row, seed)
+            model = None if args.tabulate_only else student(cfg, root, row, seed)
             report = root / f"{row}-s{seed}" / "report.json"
             if model or report.exists():
-                scores[row].append(evaluate(cfg, run, root, row, seed, model or ""))
+                scores[row].append(evaluate(cfg, root, row, seed, model or ""))
     print("| objective | " + " | ".join(h for h, _, _ in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     for row, (title, _) in ROWS.items():
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(cell(values) if values else "-")
         print(f"| {title} ({len(scores[row])} seeds) | " + " | ".join(cells) + " |")
     print(f"\nstudent, seeds {', '.join(map(str, args.seeds))}: mean ± sd, {run.name}'s test split "
-          f"({os.path.relpath(run / 'corpus' / 'test', REPO)}); the teacher's rows are in {run.name}'s report")
+          f"({os.path.relpath(cfg.path('corpus', 'test'), REPO)}); the teacher's rows are in {run.name}'s report")
     return 0
 
 
