@@ -76,8 +76,8 @@ class EmbedConfig:
         "help": "when a known name explains a centre: margin (its best name stands out from the others) or cosine "
                 "(a cosine to a name above the threshold; never met across CLIP's modality gap)"})
     # 0.4: on the demo's dev split the names then take the background's centre and leave the unseen class's
-    # (teacher targets right on 66.3% of seen pixels, its zero-shot 66.7%); 0.5 left the background unknown
-    # (14.5%). BENCHMARKS.md, "Semantic targets across the modality gap".
+    # (teacher targets right on 66.0% of seen pixels, its zero-shot 66.2%); 0.5 left the background unknown
+    # (12.8%). BENCHMARKS.md, "The corpus names its background".
     explain_threshold: float = field(default=0.4, metadata={
         "help": "margin: the share of the largest centre's margin a centre needs; cosine: the cosine"})
     unknown_sample_images: int = 512
