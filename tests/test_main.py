@@ -92,11 +92,10 @@ def test_the_quick_profiles_trainer_settings_give_way_to_the_users():
 def test_the_whole_run_on_your_own_data(tmp_path):
     """Your images (no captions, nested, PNG), your labelled folders and classes, a teacher file: the
     same stages, the report scored on your evaluation folder."""
-    import open_clip
     from PIL import Image
 
-    import model.clip_teacher  # noqa: F401  (registers the tiny architectures with open_clip)
     from demo.synth import write_corpus
+    from model.clip_teacher import open_clip  # open_clip with the tiny architectures registered
 
     write_corpus(str(tmp_path / "made"), num_train=24, num_val=6, size=64, num_probe=6)
     photos = tmp_path / "photos" / "holiday"
@@ -104,7 +103,7 @@ def test_the_whole_run_on_your_own_data(tmp_path):
     for jpg in sorted((tmp_path / "made" / "train").glob("*.jpg")):
         Image.open(jpg).save(photos / (jpg.stem + ".png"))
     teacher = tmp_path / "teacher.pt"  # random weights, saved as a user's checkpoint file: the run, not its quality
-    torch.save(open_clip.create_model("tiny-rn").state_dict(), teacher)
+    torch.save(open_clip().create_model("tiny-rn").state_dict(), teacher)
     cmd = [sys.executable, "pipelines/main.py", "--name", "mine", "--runs-root", str(tmp_path / "runs"),
            "--train-images", str(tmp_path / "photos"), "--eval-root", str(tmp_path / "made" / "val"),
            "--probe-root", str(tmp_path / "made" / "probe"), "--clip-model", "tiny-rn", "--clip-pretrained",
