@@ -44,6 +44,7 @@ from formats.teacher_weights import check_teacher
 from model.superpixels import SuperpixelConfig
 from pipelines import embed, evaluate, shard
 from pipelines.evaluation.report import json_safe, markdown_table, per_class_tables, seeds_summary
+from pipelines.inference.predict import ModelSpec, baselines_key
 from trainer.config import TrainConfig
 
 log = logging.getLogger("main")
@@ -232,9 +233,9 @@ def stage_train(cfg: MainConfig, seed: int | None = None) -> str:
 ANY_SHAPE_TASKS = ("language", "unseen", "probe")
 
 
-def stage_evaluate(cfg: MainConfig, model_file: str, output: str, split: str = "") -> dict:
+def stage_evaluate(cfg: MainConfig, model_file: str, output: str, split: str = "", baselines: bool = True) -> dict:
     """The evaluation of `model_file` on the split the report scores, or on the corpus' `split` (the
-    any-outline test scenes, ANY_SHAPE_TASKS only)."""
+    any-outline test scenes, ANY_SHAPE_TASKS only); the student's rows alone without `baselines`."""
     data_root, probe_root = (cfg.eval_root, cfg.probe_root) if cfg.train_images else \
         (cfg.path("corpus", split or ("test" if cfg.eval_split == "test" else "val")), cfg.path("corpus", "probe"))
     # unseen and class-free need held-out classes, the probe and k-NN a labelled folder of their own
@@ -243,7 +244,7 @@ def stage_evaluate(cfg: MainConfig, model_file: str, output: str, split: str = "
     eval_cfg = build_config(evaluate.EvalConfig, {
         "checkpoint": model_file, "dataset": "generic", "data_root": data_root, "output": output,
         "task": "all" if len(tasks) == len(evaluate.TASKS) else ",".join(tasks), "unseen": cfg.held_out,
-        "probe_root": probe_root, "num_panels": 4, "num_cpus": cfg.num_cpus})
+        "probe_root": probe_root, "num_panels": 4, "baselines": baselines, "num_cpus": cfg.num_cpus})
     fs, path = filesystem(join(output, "report.json"))
     if fs.exists(path):  # a finished run is not redone: the same model scored the same way already
         done = read_json(fs, path)
@@ -255,12 +256,16 @@ def stage_evaluate(cfg: MainConfig, model_file: str, output: str, split: str = "
 
 def evaluate_models(cfg: MainConfig, models: dict[int | None, str], folder: str, split: str = "") -> tuple[dict, dict]:
     """(the report, the first run's report) of `models` by seed ({None: file} for one run) on `split`: with
-    seeds, a run per seed under FOLDER/sSEED and their mean and spread in FOLDER/report.json."""
+    seeds, a run per seed under FOLDER/sSEED and their mean and spread in FOLDER/report.json. The baselines
+    are scored with the first seed's model file alone when every file is made from the same teacher,
+    prototypes and architecture (their rows would be the same: two thirds of a three-seed evaluation)."""
     if None in models:
         report = stage_evaluate(cfg, models[None], cfg.path(folder), split)
         return report, report
-    runs = [stage_evaluate(cfg, file, cfg.path(folder, f"s{s}"), split) for s, file in models.items()]
-    report = seeds_summary(runs, list(models))
+    once = len({baselines_key(ModelSpec(file).load()) for file in models.values()}) == 1
+    runs = [stage_evaluate(cfg, file, cfg.path(folder, f"s{s}"), split, baselines=not once or i == 0)
+            for i, (s, file) in enumerate(models.items())]
+    report = seeds_summary(runs, list(models), baselines_from=next(iter(models)) if once else None)
     fs, path = filesystem(cfg.path(folder, "report.json"))
     write_json_atomic(fs, path, json_safe(report))
     return report, runs[0]

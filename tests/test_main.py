@@ -122,6 +122,11 @@ def test_the_whole_run_on_your_own_data(tmp_path):
     assert language["miou"] == pytest.approx(sum(per_seed) / 2)
     assert language["miou_sd"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5)
     assert (run / "train" / "mine-s1" / "model.pt").exists() and " ± " in (run / "report.md").read_text()
+    # one teacher, prototypes and architecture for both seeds: the baselines are scored with seed 0's file alone
+    assert report["baselines_from"] == 0 and "Baselines: scored once, with seed 0" in (run / "report.md").read_text()
+    assert {m for t in report["per_seed"][1].values() for m in t} == {"student"}
+    teacher = report["tasks"]["probe"]["teacher"]
+    assert teacher["miou"] == report["per_seed"][0]["probe"]["teacher"]["miou"] and teacher["miou_sd"] is None
     assert set(report["tasks"]) == {"language", "unsupervised", "unseen", "probe", "knn", "classfree"}
     assert report["per_seed"][0]["unseen"]["student"]["unseen_classes"] == ["dotted"]
     assert json.loads((run / "shards" / "manifest.json").read_text())["num_samples"] == 24

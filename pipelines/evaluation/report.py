@@ -76,9 +76,10 @@ def _cell(scores: dict[str, Any], key: str) -> str:
     return _percent(scores.get(key)) + (f" ± {100 * sd:.1f}" if sd is not None and not math.isnan(sd) else "")
 
 
-def seeds_summary(reports: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+def seeds_summary(reports: list[dict[str, Any]], seeds: list[int], baselines_from: int | None = None) -> dict[str, Any]:
     """One report over runs that differ by their seed: each table score the mean over the seeds that have
-    it, with its sample sd as KEY_sd; the rest (config, classes, teacher) the first run's."""
+    it, with its sample sd as KEY_sd; the rest (config, classes, teacher) the first run's. `baselines_from`:
+    the seed whose run alone scored the baselines (the others' model files would give the same rows)."""
     tasks: dict[str, dict[str, dict[str, Any]]] = {}
     for task, by_method in reports[0]["tasks"].items():
         tasks[task] = {}
@@ -91,7 +92,8 @@ def seeds_summary(reports: list[dict[str, Any]], seeds: list[int]) -> dict[str, 
                 scores[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
             tasks[task][method] = scores
     return {**reports[0], "checkpoint": f"{len(seeds)} runs, seeds {', '.join(map(str, seeds))} (mean ± sd)",
-            "seeds": list(seeds), "tasks": tasks, "per_seed": [r["tasks"] for r in reports]}
+            "seeds": list(seeds), "tasks": tasks, "per_seed": [r["tasks"] for r in reports],
+            "baselines_from": baselines_from}
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -118,6 +120,9 @@ def markdown_table(report: dict[str, Any]) -> str:
                    if background["mode"] == "prompt" else
                    f"Background: no prompt; where the best name's probability is below {background['threshold']} "
                    "(the threshold protocol of many open-vocabulary papers)."), ""]
+    if report.get("baselines_from") is not None:
+        lines += [f"Baselines: scored once, with seed {report['baselines_from']}'s model file (every seed's file holds "
+                  "the same teacher, prototypes and architecture: the rows would be the same); no spread.", ""]
     decision = report.get("config", {}).get("classfree_decision")
     if "classfree" in results and decision:
         lines += [("Class-free: a pixel is known where the explained centres' share beats each unexplained centre, "

@@ -4,9 +4,10 @@ compute itself is model/inference.py). pipelines/segment.py and pipelines/evalua
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -112,6 +113,36 @@ METHODS: dict[str, Callable[[Loaded], nn.Module]] = {
     "untrained": _untrained,
     "pixels": lambda loaded: RawPixels(),
 }
+
+
+def baselines_key(loaded: Loaded) -> str:
+    """A digest of what every network of METHODS but the student is made from: the teacher, its dense-feature
+    mode and prototypes (the class-free head's), the student's architecture (untrained) and the seed. Two
+    model files with the same key give the same baseline rows, so a run over training seeds scores them once."""
+    h = hashlib.sha256()
+    _digest({"teacher": loaded.meta["teacher"], "extra": loaded.meta["extra"].get("teacher_last_block", "maskclip"),
+             "prototypes": loaded.meta["prototypes"], "seed": loaded.seed,
+             "student": asdict(loaded.student.cfg) if loaded.student is not None else None}, h)
+    return h.hexdigest()
+
+
+def _digest(value: Any, h: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        h.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for key in sorted(value, key=repr):
+            h.update(repr(key).encode())
+            _digest(value[key], h)
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for item in value:
+            _digest(item, h)
+        h.update(b"]")
+    else:
+        h.update(repr(value).encode())
 
 
 @dataclass(frozen=True)

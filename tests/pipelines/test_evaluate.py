@@ -22,7 +22,7 @@ from pipelines import evaluate
 from pipelines.evaluate import EvalConfig, main, run
 from pipelines.evaluation.report import image_miou, json_safe, markdown_table, per_class_tables
 from pipelines.evaluation.tasks import classfree_scores
-from pipelines.inference.predict import LocalMapper, ModelSpec
+from pipelines.inference.predict import LocalMapper, ModelSpec, baselines_key
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
 NAMES = ["sky", "grass", "cat", "road"]
@@ -272,3 +272,36 @@ def test_unseen_classes_the_model_was_trained_with_are_refused(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained with the names ['cat']" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_two_model_files_made_from_the_same_teacher_give_the_same_baselines_and_one_key(corpus, tmp_path):
+    """What a run over training seeds relies on to score the baselines once: two students of one recipe (other
+    weights) share every baseline row and baselines_key; another recipe's file gets another key."""
+    cfg = NetworkConfig(backbone="small", output_stride=8, embedding_dim=16, clip_dim=64, projection_hidden=32)
+    prototypes = {"names": ["sky"], "known": torch.ones(1, 64), "unknown": torch.zeros(0, 64)}
+    reports, keys = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = str(tmp_path / f"s{seed}.pt")
+        save_model(path, build_network(cfg), TEACHER, prototypes, {"teacher_last_block": "maskclip"})
+        keys.append(baselines_key(ModelSpec(path).load()))
+        eval_cfg = EvalConfig(checkpoint=path, dataset="generic", data_root=str(corpus), output=str(tmp_path / f"o{seed}"),
+                              task="language,unsupervised", num_panels=0)
+        reports.append(run(eval_cfg, LocalMapper(ModelSpec(path)))["tasks"])
+    assert keys[0] == keys[1]
+    for task, by_method in reports[0].items():
+        assert set(by_method) - {"student"}, task  # baselines were scored
+        for method in set(by_method) - {"student"}:
+            assert by_method[method] == reports[1][task][method], (task, method)
+    assert any(reports[0][task]["student"] != reports[1][task]["student"] for task in reports[0])
+
+    def key(**change) -> str:
+        path = str(tmp_path / "other.pt")
+        save_model(path, build_network(dataclasses.replace(cfg, **change.get("net", {}))), TEACHER,
+                   change.get("prototypes", prototypes), {"teacher_last_block": change.get("last_block", "maskclip")})
+        return baselines_key(ModelSpec(path, seed=change.get("seed", 0)).load())
+
+    assert key() == keys[0]
+    others = [key(net={"output_stride": 4}), key(prototypes={**prototypes, "known": torch.full((1, 64), 2.0)}),
+              key(last_block="clearclip"), key(seed=1)]
+    assert len({keys[0], *others}) == 5
