@@ -80,7 +80,7 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
     assert 0 < len(protos["centres"]) <= 4 and protos["centres"].shape[1] == 64
     assert protos["explained"].dtype == torch.bool and len(protos["explained"]) == len(protos["centres"])
     assert torch.equal(protos["unknown"], protos["centres"][~protos["explained"]])
-    assert protos["explain"] == {"rule": "margin", "threshold": 0.4}
+    assert protos["explain"] == {"rule": "margin", "threshold": 0.5}
     manifest = json.loads((root / "clip" / "embed_manifest.json").read_text())
     assert manifest["grid"] == 4 and manifest["random_init"] and manifest["pretrained"] == ""
 
@@ -93,6 +93,8 @@ def test_sidecars_are_key_aligned_and_hold_the_teachers_features(shards, capsys)
         embed.run(embed_cfg(shards_url, out, storage="int8", classes=str(root / "classes.txt")))
     with pytest.raises(ConfigError, match="classes"):  # prototypes of other names need another output
         embed.run(embed_cfg(shards_url, out))
+    with pytest.raises(ConfigError, match="built with explain margin 0.5, not margin 0.4"):  # nor another rule
+        embed.run(embed_cfg(shards_url, out, explain_threshold=0.4, classes=str(root / "classes.txt")))
 
 
 def test_progress_moves_per_batch_not_per_part(shards, monkeypatch, caplog):
