@@ -7,10 +7,11 @@
         --clip-model ViT-B-16 --clip-pretrained openai --unseen cat   # your own data
     RAY_ADDRESS=auto python pipelines/main.py ...   # on a running cluster
 
-Stages: synthetic corpus (or your --train-images) -> shards -> CLIP teacher (trained here by OpenCLIP's
-own trainer on the corpus' captions unless --clip-pretrained is given; cached by its recipe) -> CLIP
-precompute -> training (Ray Train + DeepSpeed, two workers) -> evaluation (the corpus' validation
-scenes, or your --eval-root) -> runs/NAME/report.md. Every stage skips what is already done, so
+Stages: synthetic corpus (or your --train-images) -> shards -> CLIP teacher (unless --clip-pretrained is
+given: the one shipped for the recipe in demo/assets, else trained here by OpenCLIP's own trainer on the
+corpus' captions, `--teacher train` to train it anyway; cached by its recipe) -> CLIP precompute ->
+training (Ray Train + DeepSpeed, two workers) -> evaluation (the corpus' test scenes, or your --eval-root)
+-> runs/NAME/report.md. Every stage skips what is already done, so
 rerunning after a kill resumes, and a finished run is not redone.
 """
 
@@ -69,6 +70,9 @@ class MainConfig:
     samples_per_shard: int = 500
     clip_model: str = field(default="tiny-rn", metadata={"help": "open_clip architecture of the teacher"})
     clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = train one here"})
+    teacher: str = field(default="shipped", metadata={
+        "help": "without --clip-pretrained: shipped (the teacher demo/assets holds for the recipe, what the README's "
+                "table came from; else one trained here) or train (train one here: the bootstrap)"})
     teacher_epochs: int = 12
     teacher_lr_schedule: str = field(default="cosine",
                                      metadata={"help": "cosine or const (open_clip_train's --lr-scheduler)"})
@@ -76,6 +80,9 @@ class MainConfig:
         "help": "sidecar form: float16 or int8, or none (superpixels only: the trainer runs the teacher on each "
                 "view, teacher.mode=online)"})
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    explain_threshold: float = field(default=embed.EmbedConfig.explain_threshold, metadata={
+        "help": "the embed job's: the share of the largest margin a centre needs for a name to explain it; it "
+                "depends on the teacher: choose it on the dev split (bench/bench_semantic_targets.py --split val)"})
     num_unknown: int = field(default=8, metadata={
         "help": "k-means centres of the teacher's features tried as unknown prototypes; 0 = the semantic term over "
                 "the known names alone"})
@@ -108,6 +115,10 @@ class MainConfig:
                               "positive")
         if self.eval_split not in ("test", "dev"):
             raise ConfigError(f"eval_split must be test or dev, got {self.eval_split!r}")
+        if self.teacher not in ("shipped", "train"):
+            raise ConfigError(f"teacher must be shipped or train, got {self.teacher!r}")
+        if self.teacher == "train" and self.clip_pretrained:
+            raise ConfigError("--teacher train trains the demo's teacher: leave out --clip-pretrained, or --teacher")
         if self.teacher_lr_schedule not in ("cosine", "const"):
             raise ConfigError(f"teacher_lr_schedule must be cosine or const, got {self.teacher_lr_schedule!r}")
         if self.clip_storage not in STORAGE_FORMATS:
@@ -142,6 +153,11 @@ class MainConfig:
         """The unseen classes: the user's, else on the generated corpus dotted: a class the tiny teacher knows by
         its name (40.9 IoU on the test split, zigzag 5.4), so that finding it unseen is a fair test."""
         return self.unseen or (() if self.train_images else ("dotted",))
+
+    @property
+    def teacher_recipe(self) -> TeacherRecipe:
+        return TeacherRecipe(self.clip_model, self.teacher_epochs, self.num_train, self.image_size,
+                             lr_scheduler=self.teacher_lr_schedule)
 
     def class_names(self) -> list[str]:
         """Every class the evaluation knows: the corpus', or the user's list (a ConfigError when unreadable)."""
@@ -212,6 +228,7 @@ def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
     return embed.run(embed.EmbedConfig(input=cfg.path("shards"), output=cfg.path("clip"), clip_model=cfg.clip_model,
                                        clip_pretrained=pretrained, classes=cfg.path("seen_classes.txt"),
                                        storage=cfg.clip_storage, superpixels=cfg.superpixels, num_unknown=cfg.num_unknown,
+                                       explain_threshold=cfg.explain_threshold,
                                        num_cpus=cfg.num_cpus))
 
 
@@ -298,11 +315,9 @@ def run(cfg: MainConfig) -> int:
     manifest = stage_shards(cfg)
     if manifest.get("failed"):
         return 1
-    recipe = TeacherRecipe(cfg.clip_model, cfg.teacher_epochs, cfg.num_train, cfg.image_size,
-                           lr_scheduler=cfg.teacher_lr_schedule)
     pretrained, teacher_note = (cfg.clip_pretrained, f"given: {cfg.clip_model} {cfg.clip_pretrained}") \
-        if cfg.clip_pretrained \
-        else ensure_teacher(recipe, cfg.path("shards"), join(cfg.runs_root, "_teachers"))
+        if cfg.clip_pretrained else ensure_teacher(cfg.teacher_recipe, cfg.path("shards"),
+                                                   join(cfg.runs_root, "_teachers"), shipped=cfg.teacher == "shipped")
     if not stage_embed(cfg, pretrained)["complete"]:
         return 1
     # the generated corpus' test scenes are scored again with every outline drawn at random: a language
