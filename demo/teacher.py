@@ -1,6 +1,15 @@
 """The demo's CLIP teacher when no pretrained one can be downloaded: a tiny CLIP trained on the corpus's
 captions by OpenCLIP's own trainer (open_clip_train), reading our shards directly. Cached by its
-recipe, so every run with the same recipe reuses one teacher; an interrupted training resumes."""
+recipe, so every run with the same recipe reuses one teacher; an interrupted training resumes.
+
+A recipe trains to one teacher bit for bit on one set of packages, not across them: a fresh environment
+(other releases of Pillow, numpy or open_clip) drew another teacher, and another README table. So the
+teacher a README table came from is shipped with the checkout (demo/assets/, its weights in float16,
+named by the recipe's key) and used unless a run asks to train its own:
+
+    python pipelines/main.py --quick --name rebuild --teacher train   # the bootstrap: trains it here
+    python -m demo.teacher export runs/_teachers/KEY                  # ships that teacher (demo/assets/)
+"""
 
 from __future__ import annotations
 
@@ -13,8 +22,10 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from common.storage import join
 from demo import synth
@@ -62,12 +73,52 @@ def open_clip_train_args(recipe: TeacherRecipe, shards: str, logs: str) -> list[
     ]
 
 
-def ensure_teacher(recipe: TeacherRecipe, shards: str, cache_root: str) -> tuple[str, str]:
-    """(checkpoint file, a sentence for the report) for `recipe`, training it if no cached copy exists."""
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def shipped_teacher(recipe: TeacherRecipe, assets: Path = ASSETS) -> Path | None:
+    """The teacher shipped with the checkout for `recipe`, if there is one."""
+    path = assets / f"teacher-{recipe.key}.safetensors"
+    return path if path.exists() else None
+
+
+def export_teacher(folder: str, assets: Path = ASSETS) -> Path:
+    """Ship the teacher trained in `folder` (a cache folder of ensure_teacher: teacher.pt, recipe.json): its
+    weights in float16 (half the file; the shipped teacher is what a README's figures come from, not the
+    float32 one), as assets/teacher-KEY.safetensors."""
+    with open(join(folder, "recipe.json")) as fh:
+        recipe = TeacherRecipe(**json.load(fh))
+    weights = torch.load(join(folder, "teacher.pt"), map_location="cpu", weights_only=False)["state_dict"]
+    assets.mkdir(parents=True, exist_ok=True)
+    path = assets / f"teacher-{recipe.key}.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, str(path) + ".tmp",
+              metadata={"recipe": json.dumps(dataclasses.asdict(recipe)), "trainer": str(TRAINER_VERSION),
+                        "corpus": str(synth.CORPUS_VERSION)})
+    os.replace(str(path) + ".tmp", path)
+    return path
+
+
+def ensure_teacher(recipe: TeacherRecipe, shards: str, cache_root: str, shipped: bool = True,
+                   assets: Path = ASSETS) -> tuple[str, str]:
+    """(checkpoint file, a sentence for the report) for `recipe`: the shipped teacher when there is one and
+    `shipped`, else one trained here (cached: trained once, an interrupted training resumed)."""
     folder = join(cache_root, recipe.key)
+    asset = shipped_teacher(recipe, assets) if shipped else None
+    what = (f"open_clip_train ({recipe.model}, {recipe.epochs} epochs over {recipe.num_train} captioned scenes, "
+            f"{recipe.lr_scheduler} learning rate; no pretrained weights can be downloaded offline)")
+    if asset is not None:
+        # a float32 copy in the run's own cache, as a trained teacher's: the model files name it, every actor reads it
+        checkpoint = join(folder, "shipped.pt")
+        if not os.path.exists(checkpoint):
+            os.makedirs(folder, exist_ok=True)
+            weights = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(asset)).items()}
+            torch.save({"epoch": recipe.epochs, "name": asset.name, "state_dict": weights}, checkpoint + ".tmp")
+            os.replace(checkpoint + ".tmp", checkpoint)
+        log.info("teacher: the shipped %s (--teacher train trains one here)", asset.name)
+        where = f"demo/assets/{asset.name}" if asset.parent == ASSETS else str(asset)
+        return checkpoint, f"shipped with the checkout ({where}: trained by {what}; its weights in float16)"
     checkpoint = join(folder, "teacher.pt")
-    note = (f"trained here by open_clip_train ({recipe.model}, {recipe.epochs} epochs over {recipe.num_train} "
-            f"captioned scenes, {recipe.lr_scheduler} learning rate; no pretrained weights can be downloaded offline), cached at {folder}")
+    note = f"trained here by {what}, cached at {folder}"
     if os.path.exists(checkpoint):
         log.info("teacher: reusing %s", checkpoint)
         return checkpoint, note
@@ -84,3 +135,24 @@ def ensure_teacher(recipe: TeacherRecipe, shards: str, cache_root: str) -> tuple
     with open(join(folder, "recipe.json"), "w") as fh:
         json.dump(dataclasses.asdict(recipe), fh, indent=1)
     return checkpoint, note
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m demo.teacher", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="ship a teacher trained here (demo/assets/)")
+    export.add_argument("folder", help="its cache folder: RUNS_ROOT/_teachers/KEY (teacher.pt, recipe.json)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(join(args.folder, "teacher.pt")) or not os.path.isfile(join(args.folder, "recipe.json")):
+        print(f"error: {args.folder} holds no trained teacher (teacher.pt and recipe.json)", file=sys.stderr)
+        return 2
+    path = export_teacher(args.folder)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    print(f"shipped: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {digest})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,8 @@ teacher, bit for bit (open_clip_train's sample shuffle seeded, demo/teacher_trai
 mid-way resumes on the rerun from its last epoch, on the same epochs' data order. (Not bit-equal to the
 uninterrupted teacher: the loader worker's augmentation generator starts afresh with the rerun.)"""
 
+import dataclasses
+import json
 import os
 import re
 import signal
@@ -13,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from demo import synth
 from demo.synth import write_corpus
-from demo.teacher import TeacherRecipe, ensure_teacher
+from demo.teacher import TeacherRecipe, ensure_teacher, export_teacher, shipped_teacher
+from demo.teacher import main as teacher_main
 from model.clip_teacher import open_clip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +91,46 @@ def test_a_teacher_is_cached_for_one_corpus(monkeypatch):
     before = RECIPE.key
     monkeypatch.setattr(synth, "CORPUS_VERSION", synth.CORPUS_VERSION + 1)
     assert RECIPE.key != before
+
+
+def test_a_shipped_teacher_is_used_in_float16_unless_a_run_trains_its_own(tmp_path, capsys):
+    trained = tmp_path / "trained" / RECIPE.key  # a cache folder as ensure_teacher leaves it
+    trained.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = open_clip().create_model(RECIPE.model).state_dict()
+    torch.save({"epoch": RECIPE.epochs, "name": "openclip", "state_dict": weights}, trained / "teacher.pt")
+    (trained / "recipe.json").write_text(json.dumps(dataclasses.asdict(RECIPE)))
+    assets = tmp_path / "assets"
+    asset = export_teacher(str(trained), assets)
+    assert asset == assets / f"teacher-{RECIPE.key}.safetensors" and shipped_teacher(RECIPE, assets) == asset
+    assert asset.stat().st_size < 0.55 * (trained / "teacher.pt").stat().st_size  # float16
+
+    # no shards: the shipped teacher is used without training
+    checkpoint, note = ensure_teacher(RECIPE, str(tmp_path / "no-shards"), str(tmp_path / "cache"), assets=assets)
+    assert checkpoint == str(tmp_path / "cache" / RECIPE.key / "shipped.pt") and "shipped with the checkout" in note
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    for name, weight in weights.items():
+        expected = weight.half().float() if weight.is_floating_point() else weight
+        assert loaded[name].dtype == weight.dtype and torch.equal(loaded[name], expected), name
+    open_clip().create_model(RECIPE.model).load_state_dict(loaded)  # every weight, none extra
+    assert ensure_teacher(RECIPE, "", str(tmp_path / "cache"), assets=assets) == (checkpoint, note)  # cached
+
+    with pytest.raises(Exception, match="no-shards"):  # --teacher train: the training, which needs shards
+        ensure_teacher(RECIPE, str(tmp_path / "no-shards"), str(tmp_path / "cache"), shipped=False, assets=assets)
+    assert not (tmp_path / "cache" / RECIPE.key / "teacher.pt").exists()
+
+    assert teacher_main(["export", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nothing'} holds no trained teacher (teacher.pt and recipe.json)"
+
+
+def test_the_quick_profiles_teacher_is_shipped():
+    """What `make demo` runs on: the README table's teacher, whole, for the quick profile's recipe."""
+    from common.config import parse_config
+    from pipelines.main import PROFILES, MainConfig
+
+    recipe = parse_config(MainConfig, ["--quick"], profiles=PROFILES).teacher_recipe
+    asset = shipped_teacher(recipe)
+    assert asset is not None, f"no shipped teacher for the quick profile's recipe {recipe.key}"
+    with safe_open(str(asset), "pt") as fh:
+        assert TeacherRecipe(**json.loads(fh.metadata()["recipe"])) == recipe
+    open_clip().create_model(recipe.model).load_state_dict(load_file(str(asset)))
