@@ -12,8 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-# The README's table is this command's report: the quick profile, one teacher, three student seeds (about
-# 33 minutes from nothing on a 2-core box). The longer default profile: pipelines/main.py --name NAME
+# The README's table is this command's report: the quick profile, the shipped teacher (demo/assets), three
+# student seeds (17 minutes from a fresh clone on a fast day of the 2-core box, the environment aside; 22.5
+# with --teacher train). The longer default profile: pipelines/main.py --name NAME
 demo: env
 	$(PY) pipelines/main.py --quick --name demo --seeds 0,1,2
 
