@@ -14,9 +14,11 @@ $(VENV)/.installed: pyproject.toml
 
 # The README's table is this command's report: the quick profile, the shipped teacher (demo/assets), three
 # student seeds (17 minutes from a fresh clone on a fast day of the 2-core box, the environment aside; 22.5
-# with --teacher train). The longer default profile: pipelines/main.py --name NAME
+# with --teacher train). `make demo SEEDS=0`: one seed, its row in BENCHMARKS.md ("A shipped teacher"), in
+# about 10. The longer default profile: pipelines/main.py --name NAME
+SEEDS ?= 0,1,2
 demo: env
-	$(PY) pipelines/main.py --quick --name demo --seeds 0,1,2
+	$(PY) pipelines/main.py --quick --name demo --seeds $(SEEDS)
 
 # The layer contract and ruff's small rule set (pyproject.toml) fail the build like a test does.
 lint: env
