@@ -69,7 +69,7 @@ class MainConfig:
     image_size: int = 128
     samples_per_shard: int = 500
     clip_model: str = field(default="tiny-rn", metadata={"help": "open_clip architecture of the teacher"})
-    clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = train one here"})
+    clip_pretrained: str = field(default="", metadata={"help": "tag, file or s3:// checkpoint; empty = the demo's teacher (--teacher)"})
     teacher: str = field(default="shipped", metadata={
         "help": "without --clip-pretrained: shipped (the teacher demo/assets holds for the recipe, what the README's "
                 "table came from; else one trained here) or train (train one here: the bootstrap)"})
