@@ -4,6 +4,7 @@ mid-way resumes on the rerun from its last epoch, on the same epochs' data order
 uninterrupted teacher: the loader worker's augmentation generator starts afresh with the rerun.)"""
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -134,3 +135,6 @@ def test_the_quick_profiles_teacher_is_shipped():
     with safe_open(str(asset), "pt") as fh:
         assert TeacherRecipe(**json.loads(fh.metadata()["recipe"])) == recipe
     open_clip().create_model(recipe.model).load_state_dict(load_file(str(asset)))
+    # the file is the one its README names (a rebuilt teacher is another file, and another table)
+    listed = re.search(rf"`{asset.name}` \|.*`([0-9a-f]{{64}})`", (asset.parent / "README.md").read_text())
+    assert listed and hashlib.sha256(asset.read_bytes()).hexdigest() == listed.group(1)
