@@ -35,7 +35,7 @@ from common.progress import Progress
 from common.ray_utils import gpus_per_actor, init_ray
 from common.storage import filesystem, join
 from formats.manifest import read_manifest, shard_counts
-from formats.prototypes import PROTOTYPES, has_prototypes, load_prototypes, read_class_names, save_prototypes
+from formats.prototypes import has_prototypes, read_class_names, save_prototypes
 from formats.shards import RecordClock, committed_names, tar_name
 from formats.sidecar import (
     STORAGE_FORMATS,
@@ -153,14 +153,10 @@ def run(cfg: EmbedConfig) -> dict:
         "grid": image_size // teacher.patch_size, "embed_dim": teacher.embed_dim, "storage": cfg.storage,
         "chunk_size": cfg.chunk_size, "superpixels": superpixel_settings(cfg.superpixels), "input": cfg.input,
     }
-    manifest["classes"] = names  # prototypes are built once: other names need another output
+    # prototypes are built once: other names, or another rule for which a name explains a centre, need another output
+    manifest["classes"] = names
+    manifest["explain"] = {"rule": cfg.explain_rule, "threshold": cfg.explain_threshold}
     check_embed_manifest(cfg.output, manifest)
-    asked = {"rule": cfg.explain_rule, "threshold": cfg.explain_threshold}
-    if has_prototypes(cfg.output) and (built := load_prototypes(cfg.output).get("explain", asked)) != asked:
-        # built once: a rerun with another rule would keep the old targets without a word
-        raise ConfigError(f"{cfg.output}'s prototypes were built with explain {built['rule']} {built['threshold']}, "
-                          f"not {cfg.explain_rule} {cfg.explain_threshold}: give another --output, or delete its "
-                          f"{PROTOTYPES} to build them again")
     init_ray(cfg.num_cpus or None)
     recorded = recorded_shard_stats(cfg.output)
     done_before = set(committed_names(cfg.output, list(shards), known=recorded))  # the index's, one listing for the rest
