@@ -76,9 +76,14 @@ def open_clip_train_args(recipe: TeacherRecipe, shards: str, logs: str) -> list[
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
+def asset_path(recipe: TeacherRecipe, assets: Path = ASSETS) -> Path:
+    """Where the teacher of `recipe` is shipped: one file a recipe key."""
+    return assets / f"teacher-{recipe.key}.safetensors"
+
+
 def shipped_teacher(recipe: TeacherRecipe, assets: Path = ASSETS) -> Path | None:
     """The teacher shipped with the checkout for `recipe`, if there is one."""
-    path = assets / f"teacher-{recipe.key}.safetensors"
+    path = asset_path(recipe, assets)
     return path if path.exists() else None
 
 
@@ -90,7 +95,7 @@ def export_teacher(folder: str, assets: Path = ASSETS) -> Path:
         recipe = TeacherRecipe(**json.load(fh))
     weights = torch.load(join(folder, "teacher.pt"), map_location="cpu", weights_only=False)["state_dict"]
     assets.mkdir(parents=True, exist_ok=True)
-    path = assets / f"teacher-{recipe.key}.safetensors"
+    path = asset_path(recipe, assets)
     save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, str(path) + ".tmp",
               metadata={"recipe": json.dumps(dataclasses.asdict(recipe)), "trainer": str(TRAINER_VERSION),
                         "corpus": str(synth.CORPUS_VERSION)})
