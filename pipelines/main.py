@@ -141,6 +141,7 @@ class MainConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds repeat: {self.seeds}")
         parse_config(TrainConfig, self.train_args())
+        self.embed_config("")  # its settings checked here, before any stage runs
 
     @property
     def train_config_path(self) -> str:
@@ -158,6 +159,13 @@ class MainConfig:
     def teacher_recipe(self) -> TeacherRecipe:
         return TeacherRecipe(self.clip_model, self.teacher_epochs, self.num_train, self.image_size,
                              lr_scheduler=self.teacher_lr_schedule)
+
+    def embed_config(self, pretrained: str) -> embed.EmbedConfig:
+        """The embed job's settings for this run, its teacher `pretrained`."""
+        return embed.EmbedConfig(input=self.path("shards"), output=self.path("clip"), clip_model=self.clip_model,
+                                 clip_pretrained=pretrained, classes=self.path("seen_classes.txt"),
+                                 storage=self.clip_storage, superpixels=self.superpixels, num_unknown=self.num_unknown,
+                                 explain_threshold=self.explain_threshold, num_cpus=self.num_cpus)
 
     def class_names(self) -> list[str]:
         """Every class the evaluation knows: the corpus', or the user's list (a ConfigError when unreadable)."""
@@ -225,11 +233,7 @@ def stage_embed(cfg: MainConfig, pretrained: str) -> dict:
     fs.makedirs(cfg.path(), exist_ok=True)
     seen = [c for c in cfg.class_names() if c not in cfg.held_out]
     fs.pipe_file(cfg.path("seen_classes.txt"), ("\n".join(seen) + "\n").encode())
-    return embed.run(embed.EmbedConfig(input=cfg.path("shards"), output=cfg.path("clip"), clip_model=cfg.clip_model,
-                                       clip_pretrained=pretrained, classes=cfg.path("seen_classes.txt"),
-                                       storage=cfg.clip_storage, superpixels=cfg.superpixels, num_unknown=cfg.num_unknown,
-                                       explain_threshold=cfg.explain_threshold,
-                                       num_cpus=cfg.num_cpus))
+    return embed.run(cfg.embed_config(pretrained))
 
 
 def stage_train(cfg: MainConfig, seed: int | None = None) -> str:

@@ -94,6 +94,8 @@ MISTAKES: dict[str, tuple[str, Callable[[Path], list[str]], str]] = {
     "main: seeds and a seed of one's own": ("main", lambda t: ["--seeds", "0,1", "--train-overrides", "run.seed=3",
                                                                "--runs-root", str(t / "runs")], "leave run.seed out"),
     "main: invalid YAML": ("main", lambda t: ["--config", _write(t / "c.yaml", "- a list\n")], "must hold a mapping"),
+    "main: an explain threshold out of range": ("main", lambda t: ["--explain-threshold", "2", "--runs-root",
+                                                                   str(t / "runs")], "explain_threshold"),
     "main: a teacher to train and one given": ("main", lambda t: ["--teacher", "train", "--clip-pretrained", "x.pt",
                                                                   "--runs-root", str(t / "runs")], "leave out --clip-pretrained"),
     "main: your data without an evaluation folder": ("main", lambda t: ["--train-images", str(t), "--runs-root",
