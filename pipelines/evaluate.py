@@ -8,7 +8,7 @@
 Writes `report.json` (per task and method: per-class IoU, mIoU, pixel accuracy, confusion matrix),
 `report.md` (methods x metrics, x100) and `panels/TASK_NAME.png` (image, ground truth, predictions).
 Two Ray Data passes at most, through pipelines/inference's actor: one draws pixel embeddings to fit the
-clusters and the probes, one sums per-image confusion matrices.
+clusters, the probes and the k-NN's segment prototypes, one sums per-image confusion matrices.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from pipelines.evaluation.tasks import METHOD_TITLES, TASKS, train_probe
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import encode_png
 from pipelines.inference.predict import (
+    Draw,
     Loaded,
     Mapper,
     ModelJobConfig,
@@ -181,31 +182,25 @@ def _first(n: int, limit: int) -> range:
 
 def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dict[str, list[str]], loaded: Loaded,
               mapper: Mapper, options: InferenceOptions) -> dict[str, Head]:
-    """Every head the tasks need, keyed "HEAD/METHOD"; one pass draws the pixels for clusters and probes."""
+    """Every head the tasks need, keyed "HEAD/METHOD"; one pass draws what the clusters, the probe and the
+    k-NN learn from."""
     wanted = {f"{TASKS[t].head}/{m}": Head(m, TASKS[t].head, {}) for t in methods for m in methods[t]}
     kinds = {h.kind for h in wanted.values()}
     # the labelled split the probe and the k-NN prototypes learn from, listed once for both
     train = open_dataset(cfg.dataset, cfg.probe_root or cfg.data_root, cfg.probe_split, cfg.image_list) \
         if kinds & {"probe", "knn"} else None
-    sources: dict[str, Any] = {}
-    if "clusters" in kinds:
-        sources["clusters"] = data  # the split being scored: clustering sees no labels
-    if "probe" in kinds:
-        sources["probe"] = train
+    # what each kind of head learns from, drawn in one pass: the clusters from the split being scored (they
+    # see no labels), the probe from grid cells of the labelled split, the k-NN from that split's segments
+    draws = {part: draw for part, draw in (("clusters", Draw("scored")), ("probe", Draw("train")),
+                                           ("knn", Draw("train", cfg.knn_segments))) if part in kinds}
     samples = {}
-    if sources:
-        fit_methods = tuple(sorted({h.method for h in wanted.values() if h.kind in sources}))
-        rows = [{"part": p, "index": i} for p, src in sources.items() for i in _first(len(src), cfg.max_images)]
-        work = SampleWork(sources, fit_methods, cfg.num_per_image, options, cfg.seed)
-        fitted = tqdm(mapper(rows, fit_methods, work), total=len(rows), desc="fit", unit="img")
-        samples = gather_samples(fitted, cfg.max_fit_pixels, cfg.seed)
-    knn_methods = tuple(sorted({h.method for h in wanted.values() if h.kind == "knn"}))
-    if knn_methods:  # the labelled training split's own segments, as prototypes
-        rows = [{"part": "knn", "index": i} for i in _first(len(train), cfg.max_images)]
-        work = SampleWork({"knn": train}, knn_methods, cfg.num_per_image, options, cfg.seed,
-                          segments=cfg.knn_segments)
-        fitted = tqdm(mapper(rows, knn_methods, work), total=len(rows), desc="k-NN prototypes", unit="img")
-        samples.update(gather_samples(fitted, len(rows) * cfg.knn_segments, cfg.seed))
+    if draws:
+        methods_drawn = tuple(sorted({h.method for h in wanted.values() if h.kind in draws}))
+        work = SampleWork({"scored": data, "train": train}, draws, methods_drawn, cfg.num_per_image, options,
+                          cfg.seed, cfg.max_images)
+        most = {"clusters": cfg.max_fit_pixels, "probe": cfg.max_fit_pixels,
+                "knn": len(train or ()) * cfg.knn_segments}  # every labelled segment: the k-NN's whole index
+        samples = gather_samples(work.drawn(mapper), most, cfg.seed)
     inputs = HeadInputs(cfg, data.class_names, seen, loaded, samples)
     return {key: Head(h.method, h.kind, HEAD_PARAMS[h.kind](inputs, h.method)) for key, h in wanted.items()}
 

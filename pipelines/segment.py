@@ -43,6 +43,7 @@ from model.metrics import IGNORE_INDEX
 from pipelines.inference.classfree import classfree_head
 from pipelines.inference.pictures import compose, encode_png, overlay_image
 from pipelines.inference.predict import (
+    Draw,
     Loaded,
     Mapper,
     ModelJobConfig,
@@ -198,10 +199,9 @@ def run(cfg: SegmentConfig, mapper: Mapper | None = None) -> list[str]:
     options = InferenceOptions(cfg.window, cfg.scales)
 
     def fit() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        work = SampleWork({"images": source}, (method,), cfg.num_per_image, options, cfg.seed)
-        rows = [{"part": "images", "index": i} for i in range(len(source))]
-        fitted = gather_samples(tqdm(mapper(rows, (method,), work), total=len(rows), desc="fit", unit="img"),
-                                cfg.max_fit_pixels, cfg.seed)
+        work = SampleWork({"images": source}, {"images": Draw("images")}, (method,), cfg.num_per_image, options,
+                          cfg.seed)
+        fitted = gather_samples(work.drawn(mapper), cfg.max_fit_pixels, cfg.seed)
         if "images" not in fitted:
             raise ConfigError(f"none of the {len(source)} images at {cfg.images} could be read")
         return fitted["images"]

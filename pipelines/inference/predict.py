@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import ray
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from common.config import ConfigError
 from common.ray_utils import gpus_per_actor
@@ -183,43 +185,80 @@ class UnreadableImage(Exception):
     """A source's image could not be read or decoded; the work skips it and the job lists it."""
 
 
+@dataclass(frozen=True)
+class Draw:
+    """Samples of one kind from one source's images: random grid cells, or (segments > 0) each image's own
+    segments as labelled prototypes (the k-NN protocol)."""
+
+    source: str  # a key of SampleWork.sources
+    segments: int = 0
+
+
 @dataclass
 class SampleWork:
-    """Per row {"part", "index"}: random grid cells of each network on image `index` of `sources[part]`.
+    """Per row {"source", "index"}: what every draw of that source takes from each network's output on image
+    `index` of `sources[source]`, one forward pass for all of them.
 
-    Returns {"part", "index", "emb/METHOD": [n, E], "lab/METHOD": [n]}: clustering and probe training data.
+    Returns a row per draw: {"part" (the draw's name), "index", "readable", "emb/METHOD": [n, E],
+    "lab/METHOD": [n]}: clustering, probe and k-NN training data.
     """
 
-    sources: dict[str, Any]  # part -> indexable of Sample (an EvalDataset, a FileSource)
+    sources: dict[str, Any]  # name -> indexable of Sample (an EvalDataset, a FileSource)
+    draws: dict[str, Draw]  # part -> what it takes
     methods: tuple[str, ...]
     num_per_image: int
     options: InferenceOptions
     seed: int = 0
-    segments: int = 0  # > 0: the image's own segments as labelled prototypes (k-NN protocol), not cells
+
+    limit: int = 0  # each source's first images only; 0 = all
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows to map: each image of every drawn source once."""
+        names = sorted({d.source for d in self.draws.values()})
+        sizes = {s: min(len(self.sources[s]), self.limit) if self.limit else len(self.sources[s]) for s in names}
+        return [{"source": s, "index": i} for s in names for i in range(sizes[s])]
+
+    def drawn(self, mapper: Mapper, desc: str = "fit") -> Iterator[dict[str, Any]]:
+        """Every row's results through `mapper`, with a progress bar of images (a row per image and draw)."""
+        rows = self.rows()
+        first: dict[str, str] = {}  # each source's first draw: its row comes first, once an image
+        for part, draw in sorted(self.draws.items()):
+            first.setdefault(draw.source, part)
+        with tqdm(total=len(rows), desc=desc, unit="img") as bar:
+            for result in mapper(rows, self.methods, self):
+                bar.update(int(first[self.draws[str(result["part"])].source] == str(result["part"])))
+                yield result
 
     @torch.no_grad()
-    def __call__(self, models: dict[str, nn.Module], row: dict[str, Any]) -> dict[str, Any]:
-        part, index = str(row["part"]), int(row["index"])
+    def __call__(self, models: dict[str, nn.Module], row: dict[str, Any]) -> list[dict[str, Any]]:
+        source, index = str(row["source"]), int(row["index"])
         try:
-            sample = self.sources[part][index]
+            sample = self.sources[source][index]
             image, mask, readable = sample.image, sample.mask, True
         except UnreadableImage:  # rows keep one schema: a blank image's cells, dropped by gather_samples
             image, mask, readable = np.zeros((64, 64, 3), np.uint8), np.full((64, 64), IGNORE_INDEX, np.uint8), False
         x = image_tensor(image, default_device())
-        result: dict[str, Any] = {"part": part, "index": index, "readable": readable}
-        for m in self.methods:
-            # the same cells for every network of equal stride, whichever actor draws them
-            rng = np.random.default_rng([self.seed, index, sorted(self.sources).index(part)])
-            out = multiscale_outputs(models[m], x, self.options)
-            result[f"emb/{m}"], result[f"lab/{m}"] = (
-                segment_samples(out, mask, models[m].output_stride, self.segments, self.seed) if self.segments
-                else grid_samples(out, mask, models[m].output_stride, self.num_per_image, rng))
-        return result
+        outputs = {m: multiscale_outputs(models[m], x, self.options) for m in self.methods}
+        results = []
+        for part, draw in sorted(self.draws.items()):
+            if draw.source != source:
+                continue
+            result: dict[str, Any] = {"part": part, "index": index, "readable": readable}
+            for m, out in outputs.items():
+                # the same cells for every network of equal stride, whichever actor draws them, and
+                # whichever other parts are drawn beside this one
+                rng = np.random.default_rng([self.seed, index, zlib.crc32(part.encode())])
+                result[f"emb/{m}"], result[f"lab/{m}"] = (
+                    segment_samples(out, mask, models[m].output_stride, draw.segments, self.seed) if draw.segments
+                    else grid_samples(out, mask, models[m].output_stride, self.num_per_image, rng))
+            results.append(result)
+        return results
 
 
-def gather_samples(results: Iterable[dict[str, Any]], max_per_part: int, seed: int = 0
+def gather_samples(results: Iterable[dict[str, Any]], max_per_part: int | Mapping[str, int], seed: int = 0
                    ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """part -> method -> (embeddings [N, E], labels [N]) from SampleWork rows, at most `max_per_part` (seeded)."""
+    """part -> method -> (embeddings [N, E], labels [N]) from SampleWork rows, at most `max_per_part` (one
+    number, or one per part; seeded)."""
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         if bool(r["readable"]):
@@ -234,7 +273,8 @@ def gather_samples(results: Iterable[dict[str, Any]], max_per_part: int, seed: i
         for m in methods:
             emb = torch.from_numpy(np.concatenate([r[f"emb/{m}"] for r in items]))
             lab = torch.from_numpy(np.concatenate([r[f"lab/{m}"] for r in items]).astype(np.int64))
-            keep = torch.randperm(len(emb), generator=torch.Generator().manual_seed(seed))[:max_per_part]
+            most = max_per_part[part] if isinstance(max_per_part, Mapping) else max_per_part
+            keep = torch.randperm(len(emb), generator=torch.Generator().manual_seed(seed))[:most]
             out[part][m] = (emb[keep], lab[keep])
     return out
 
@@ -242,11 +282,12 @@ def gather_samples(results: Iterable[dict[str, Any]], max_per_part: int, seed: i
 # ---------------------------------------------------------------- running work over rows
 
 
-Work = Callable[[dict[str, nn.Module], dict[str, Any]], dict[str, Any]]
+Work = Callable[[dict[str, nn.Module], dict[str, Any]], dict[str, Any] | list[dict[str, Any]]]
 
 
 class PredictActor:
-    """Ray Data actor: builds the networks once, then applies `work` to every row of each batch."""
+    """Ray Data actor: builds the networks once, then applies `work` to every row of each batch (a work
+    may answer a row with several: a list)."""
 
     def __init__(self, spec: ModelSpec, methods: tuple[str, ...], work: Work):
         self.models = spec.build(methods, default_device())
@@ -254,13 +295,23 @@ class PredictActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        results = [self.work(self.models, row) for row in rows]
+        results = [out for row in rows for out in _as_rows(self.work(self.models, row))]
         return {k: _column([r[k] for r in results]) for k in results[0]}
 
 
+def _as_rows(result: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return result if isinstance(result, list) else [result]
+
+
 def _column(values: list[Any]) -> np.ndarray:
-    # str and bytes stay Python objects: numpy's fixed-width dtypes would drop trailing zero bytes
-    return np.stack(values) if isinstance(values[0], np.ndarray) else np.array(values, dtype=object)
+    # str and bytes stay Python objects: numpy's fixed-width dtypes would drop trailing zero bytes; so do
+    # arrays of several shapes (a row's grid cells and its segments), which Ray keeps as ragged tensors
+    if isinstance(values[0], np.ndarray) and len({v.shape for v in values}) == 1:
+        return np.stack(values)
+    column = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):  # one by one: numpy would try to broadcast arrays of like shapes
+        column[i] = value
+    return column
 
 
 @dataclass
@@ -293,7 +344,7 @@ class LocalMapper:
         missing = [m for m in methods if m not in self.models]
         if missing:
             self.models.update(self.spec.build(missing, default_device()))
-        return [work(self.models, row) for row in rows]
+        return [out for row in rows for out in _as_rows(work(self.models, row))]
 
 
 Mapper = Callable[[list[dict[str, Any]], tuple[str, ...], Work], Iterable[dict[str, Any]]]

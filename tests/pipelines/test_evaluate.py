@@ -15,14 +15,16 @@ from torch import nn
 
 from common.config import ConfigError
 from demo.synth import write_corpus
+from formats.datasets import open_dataset
 from formats.model_file import save_model
 from model.clip_teacher import TeacherConfig, text_prototypes
+from model.inference import InferenceOptions
 from model.network import ModelOutput, NetworkConfig, build_network
 from pipelines import evaluate
 from pipelines.evaluate import EvalConfig, main, run
 from pipelines.evaluation.report import image_miou, json_safe, markdown_table, per_class_tables
 from pipelines.evaluation.tasks import classfree_scores
-from pipelines.inference.predict import LocalMapper, ModelSpec, baselines_key
+from pipelines.inference.predict import Draw, LocalMapper, ModelSpec, SampleWork, baselines_key, gather_samples
 
 TEACHER = dataclasses.asdict(TeacherConfig(model="tiny-rn"))  # random weights: tests only
 NAMES = ["sky", "grass", "cat", "road"]
@@ -123,6 +125,38 @@ def test_a_perfect_student_scores_100_on_every_task(checkpoint, tmp_path, capsys
     assert "| student | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |" in \
         (tmp_path / "out" / "report.md").read_text()
 
+
+
+def test_fitting_maps_each_image_once_for_the_clusters_the_probe_and_the_k_nn(checkpoint, tmp_path):
+    data, probe = flat_colour_dataset(tmp_path / "flat"), flat_colour_dataset(tmp_path / "probe")
+    spec, calls = ModelSpec(checkpoint), []
+
+    class Counting(LocalMapper):
+        def __call__(self, rows, methods, work):
+            calls.append(len(rows))
+            return super().__call__(rows, methods, work)
+
+    cfg = EvalConfig(checkpoint=checkpoint, dataset="generic", data_root=str(data), output=str(tmp_path / "out"),
+                     task="unsupervised,probe,knn", probe_root=str(probe), knn_k=3, num_panels=0,
+                     baselines=False)
+    report = run(cfg, Counting(spec))
+    assert calls == [6, 3]  # one fitting pass (3 scored, 3 labelled images), one scoring pass
+    assert set(report["tasks"]) == {"unsupervised", "probe", "knn"}
+    # what a part draws does not depend on the parts drawn beside it in the same pass
+    sources = {"scored": open_dataset("generic", str(data)), "train": open_dataset("generic", str(probe))}
+    options = InferenceOptions(0, (1.0,))
+
+    def drawn(draws: dict[str, Draw]) -> dict:
+        work = SampleWork(sources, draws, ("student", "untrained"), 16, options, seed=3)
+        return gather_samples(work.drawn(LocalMapper(spec)), 10**6, seed=3)
+
+    together = drawn({"clusters": Draw("scored"), "probe": Draw("train"), "knn": Draw("train", 4)})
+    for part, draw in (("probe", Draw("train")), ("knn", Draw("train", 4)), ("clusters", Draw("scored"))):
+        alone = drawn({part: draw})[part]
+        for method, (embeddings, labels) in alone.items():
+            torch.testing.assert_close(together[part][method][0], embeddings)
+            assert torch.equal(together[part][method][1], labels)
+    assert len(together["knn"]["student"][0]) <= 3 * 4 < len(together["probe"]["student"][0])
 
 def test_markdown_table_in_percent_with_gaps_and_the_random_teacher_warning():
     report = {"checkpoint": "m.pt", "dataset": "voc20", "split": "val", "num_images": 2,
