@@ -13,9 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The README's table is this command's report: the quick profile, the shipped teacher (demo/assets), three
-# student seeds (17 minutes from a fresh clone on a fast day of the 2-core box, the environment aside; 22.5
-# with --teacher train). `make demo SEEDS=0`: one seed, its row in BENCHMARKS.md ("A shipped teacher"), in
-# about 10. The longer default profile: pipelines/main.py --name NAME
+# student seeds (about 14 minutes from a fresh clone on a fast day of the 2-core box, 23 on a slow one, the
+# environment aside; about 4 more with --teacher train). `make demo SEEDS=0`: one seed, its row in
+# BENCHMARKS.md ("A shipped teacher"), in about half that. The longer default profile: pipelines/main.py --name NAME
 SEEDS ?= 0,1,2
 demo: env
 	$(PY) pipelines/main.py --quick --name demo --seeds $(SEEDS)
