@@ -55,6 +55,7 @@ from pipelines.inference.predict import (
     ModelSpec,
     RayMapper,
     SampleWork,
+    first_images,
     gather_samples,
     matched_factor,
 )
@@ -176,10 +177,6 @@ def classfree_params(inputs: HeadInputs) -> dict[str, torch.Tensor]:
     return {**head.params, "columns": torch.tensor(columns, dtype=torch.long)}
 
 
-def _first(n: int, limit: int) -> range:
-    return range(min(n, limit) if limit else n)
-
-
 def fit_heads(cfg: EvalConfig, data: EvalDataset, seen: np.ndarray, methods: dict[str, list[str]], loaded: Loaded,
               mapper: Mapper, options: InferenceOptions) -> dict[str, Head]:
     """Every head the tasks need, keyed "HEAD/METHOD"; one pass draws what the clusters, the probe and the
@@ -252,7 +249,7 @@ def run(cfg: EvalConfig, mapper: Mapper | None = None) -> dict[str, Any]:
     spec = ModelSpec(cfg.checkpoint, cfg.clip_model, cfg.clip_pretrained, cfg.seed)
     started = time.time()
     data = open_dataset(cfg.dataset, cfg.data_root, cfg.split, cfg.image_list)
-    names, indices = data.class_names, _first(len(data), cfg.max_images)
+    names, indices = data.class_names, first_images(len(data), cfg.max_images)
     if cfg.background == "threshold" and background_index(names) is None:  # before any cluster starts
         raise ConfigError("--background threshold needs a class named background (voc21, context60, or your own)")
     unseen = set(cfg.unseen or ZERO_SHOT_UNSEEN.get(cfg.dataset, ()))

@@ -185,6 +185,11 @@ class UnreadableImage(Exception):
     """A source's image could not be read or decoded; the work skips it and the job lists it."""
 
 
+def first_images(n: int, limit: int) -> range:
+    """The indices of a source's first `limit` images of `n` (0 = all)."""
+    return range(min(n, limit) if limit else n)
+
+
 @dataclass(frozen=True)
 class Draw:
     """Samples of one kind from one source's images: random grid cells, or (segments > 0) each image's own
@@ -209,14 +214,12 @@ class SampleWork:
     num_per_image: int
     options: InferenceOptions
     seed: int = 0
-
     limit: int = 0  # each source's first images only; 0 = all
 
     def rows(self) -> list[dict[str, Any]]:
         """The rows to map: each image of every drawn source once."""
         names = sorted({d.source for d in self.draws.values()})
-        sizes = {s: min(len(self.sources[s]), self.limit) if self.limit else len(self.sources[s]) for s in names}
-        return [{"source": s, "index": i} for s in names for i in range(sizes[s])]
+        return [{"source": s, "index": i} for s in names for i in first_images(len(self.sources[s]), self.limit)]
 
     def drawn(self, mapper: Mapper, desc: str = "fit") -> Iterator[dict[str, Any]]:
         """Every row's results through `mapper`, with a progress bar of images (a row per image and draw)."""
