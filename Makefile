@@ -7,9 +7,11 @@ PY := $(VENV)/bin/python
 
 env: $(VENV)/.installed
 
+# trainer.ops: DeepSpeed would compile its CPU comm op inside the first training (a minute of silence).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m trainer.ops
 	touch $@
 
 # The README's table is this command's report: the quick profile, the shipped teacher (demo/assets), three

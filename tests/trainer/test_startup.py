@@ -1,15 +1,19 @@
-"""Start-up at scale: reading the shard list costs the same object-store calls for one rank or three
-(rank 0 reads, the others receive it), counted by the loopback S3 server itself."""
+"""Start-up: DeepSpeed's CPU comm op is built before any training, not in the first one; at scale, reading
+the shard list costs the same object-store calls for one rank or three (rank 0 reads, the others receive
+it), counted by the loopback S3 server itself."""
 
 import os
 import socket
+import sys
 
+import pytest
 import requests
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainer.data import shared_shard_list
+from trainer.ops import prebuild
 
 
 def _free_port() -> int:
@@ -55,3 +59,17 @@ def test_the_shard_list_costs_the_same_calls_for_any_number_of_ranks(prepared, s
     print(f"object-store calls for the shard list, by number of ranks: {calls}")
     assert calls[1] == calls[3] > 0, calls
     assert len(lists[1][0]) == 6 and all(every == lists[1][0] for every in lists[3])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="DeepSpeed's shared-memory op is built on Linux only")
+def test_prebuilt_op_is_the_one_deepspeeds_backend_loads_without_a_build():
+    """`make env` builds the CPU comm op (trainer/ops.py); DeepSpeed's own backend must then find that very
+    library and not compile it again in the first training (a minute of the demo's two cores)."""
+    from deepspeed.comm.torch import build_shm_op
+
+    built = prebuild()
+    assert list(built) == ["deepspeed.ops.comm.deepspeed_shm_comm_op"]
+    library = built["deepspeed.ops.comm.deepspeed_shm_comm_op"]
+    before = os.stat(library).st_mtime_ns
+    assert build_shm_op().__file__ == library
+    assert os.stat(library).st_mtime_ns == before
