@@ -2,10 +2,10 @@
 
 On a CPU accelerator, DeepSpeed's communication backend compiles its shared-memory all-reduce op
 (`ShareMemCommBuilder`, csrc/cpu/comm) the first time a process initialises it, whether or not the
-run uses it: about a minute of one core on the 2-core box, during which every training worker waits
-and prints nothing. `make env` runs `python -m trainer.ops` once instead; torch keeps the build under
+run uses it: 40 s on the 2-core box (65 CPU-seconds), during which every training worker waits and
+prints nothing. `make env` runs `python -m trainer.ops` once instead; torch keeps the build under
 ~/.cache/torch_extensions, and a build made for one environment's path is rebuilt for another's.
-On a CUDA accelerator DeepSpeed offers no such op and nothing is built.
+An accelerator whose builder is absent or incompatible (not Linux) builds nothing.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ def prebuild() -> dict[str, str]:
 
 def main() -> int:
     built = prebuild()
-    print("".join(f"deepspeed op {name}: {path}\n" for name, path in built.items()) or "deepspeed ops: none to build here",
-          end="")
+    print("\n".join(f"deepspeed op {name}: {path}" for name, path in built.items()) or "deepspeed ops: none to build here")
     return 0
 
 
