@@ -15,8 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The README's table is this command's report: the quick profile, the shipped teacher (demo/assets), three
-# student seeds (about 14 minutes from a fresh clone on a fast day of the 2-core box, 23 on a slow one, the
-# environment aside; about 4 more with --teacher train). `make demo SEEDS=0`: one seed, its row in
+# student seeds (from a fresh clone on the 2-core box, the environment aside: 21.7 and 22.9 minutes measured
+# on 2026-12-03, about 14 projected for a day as fast as 2026-12-02; about 4 more with --teacher train). `make demo SEEDS=0`: one seed, its row in
 # BENCHMARKS.md ("A shipped teacher"), in about half that. The longer default profile: pipelines/main.py --name NAME
 SEEDS ?= 0,1,2
 demo: env
