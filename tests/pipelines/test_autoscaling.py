@@ -6,7 +6,8 @@ embed job's model actors ask for GPUs that the autoscaler then adds, beside CPU 
 tasks. (How far Ray Data then grows a job, its own autoscaler decides from rates over ~10 s windows;
 these jobs are shorter than that.)
 
-This module starts its own Ray and stops every other on the machine first, as AutoscalingCluster does."""
+This module starts its own Ray and stops every other on the machine first, as AutoscalingCluster does; its
+tests run before any test that starts a local Ray in the same process (tests/conftest.py says why)."""
 
 import json
 import os
@@ -19,6 +20,8 @@ import ray
 
 from demo.synth import write_corpus
 from pipelines import embed, shard
+
+pytestmark = pytest.mark.joins_cluster
 
 NODE_TYPES = {
     "cpu_worker": {"resources": {"CPU": 1, "object_store_memory": 150 * 2**20}, "node_config": {},
