@@ -174,8 +174,11 @@ def run(cfg: EmbedConfig) -> dict:
             log.warning("model actors ask for %g GPU each and the cluster has none up: waiting for the autoscaler "
                         "to add GPU nodes (--gpus-per-actor 0 runs them on CPUs)", gpus)
         chunks = ray.data.from_items([{"shard": n} for n in pending], override_num_blocks=len(pending)).flat_map(
-            # retries re-read a shard after a storage hiccup; they also keep this CPU stage its own
-            # operator (Ray Data fuses stages with identical remote args) so decoding overlaps the model
+            # max_retries bounds the reruns of a decode task whose worker died (Ray Data's default is
+            # unbounded; a storage error inside the task is not retried by it, s3fs retries those), and a
+            # remote arg the model stage lacks keeps this CPU stage its own operator (Ray Data fuses a task
+            # stage into the next when their remote args match) so decoding overlaps the model. Ray Data
+            # warns that 2.64 drops such args: pyproject.toml keeps Ray below 2.64 until this is redone.
             prepare_chunks, fn_kwargs={"spec": spec}, num_cpus=1, max_retries=3,
             concurrency=cfg.max_decode_tasks or None)
         # each actor takes CHUNKS_AT_ONCE chunks at once, its own lock letting one into the model: the
