@@ -8,9 +8,10 @@ PY := $(VENV)/bin/python
 env: $(VENV)/.installed
 
 # trainer.ops: DeepSpeed would compile its CPU comm op inside the first training (a minute of silence).
-$(VENV)/.installed: pyproject.toml
+# constraints.txt: the versions that produced the README's table (the file says why and how to renew it).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	$(PY) -m trainer.ops
 	touch $@
 
