@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The README's table is this command's report: the quick profile, the shipped teacher (demo/assets), three
 # student seeds (from a fresh clone on the 2-core box, the environment aside: 21.7 and 22.9 minutes measured
-# on 2026-12-03, about 14 projected for a day as fast as 2026-12-02; about 4 more with --teacher train). `make demo SEEDS=0`: one seed, its row in
-# BENCHMARKS.md ("A shipped teacher"), in about half that. The longer default profile: pipelines/main.py --name NAME
+# on 2026-12-03, about 14 projected for a day as fast as 2026-12-02; about 4 more with --teacher train).
+# `make demo SEEDS=0`: one seed, its row in BENCHMARKS.md ("A shipped teacher"), in about half that.
+# The longer default profile: pipelines/main.py --name NAME
 SEEDS ?= 0,1,2
 demo: env
 	$(PY) pipelines/main.py --quick --name demo --seeds $(SEEDS)
